@@ -1,0 +1,357 @@
+"""Daemon settings: one table, four sources.
+
+Every setting is declared once in :data:`SETTINGS` (name, default, converter, environment
+variable, help). From that table come the YAML keys of the config file, the environment
+variables, the ``model-runner`` flags and README's settings table (a test keeps README in step).
+
+Precedence, lowest first: defaults < config file < environment < command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "/etc/docker-model-runner/config.yaml"
+MiB = 1024 * 1024
+
+
+# --- converters: each raises ValueError with a short reason; load() adds key and source ----
+
+
+def _to_str(value: object) -> str:
+    return str(value).strip()
+
+
+def _to_int(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    return int(str(value).strip())
+
+
+def _to_port(value: object) -> int:
+    port = _to_int(value)
+    if not 0 < port < 65536:
+        raise ValueError("expected a TCP port between 1 and 65535")
+    return port
+
+
+def _to_positive_float(value: object) -> float:
+    number = float(str(value).strip())
+    if number <= 0:
+        raise ValueError("expected a number greater than 0")
+    return number
+
+
+def _to_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on", "t"):
+        return True
+    if text in ("0", "false", "no", "off", "f", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _to_list(value: object) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        items = [str(item).strip() for item in value]
+    else:
+        items = [item.strip() for item in str(value).split(",")]
+    return tuple(item for item in items if item)
+
+
+def _to_path(value: object) -> str:
+    text = str(value).strip()
+    return str(Path(text).expanduser()) if text else ""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Parse a Go-style duration (``5m``, ``1h30m``, ``90s``) into seconds.
+
+    A bare number is seconds. ``0`` means "unload as soon as idle"; any negative value
+    (``-1``) means "never unload" and is returned as ``-1.0``.
+
+    Raises:
+        ValueError: The text is not a duration.
+    """
+    text = str(value).strip()
+    if not text:
+        raise ValueError("expected a duration such as 5m, 1h or -1")
+    if text.startswith("-"):
+        parse_duration(text[1:])
+        return -1.0
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    position = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if position != len(text) or position == 0:
+        raise ValueError("expected a duration such as 5m, 1h or -1")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way Go prints a duration (``5m0s``), ``-1`` for never."""
+    if seconds < 0:
+        return "-1"
+    whole = int(seconds)
+    if whole != seconds or whole == 0:
+        return f"{seconds:g}s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One configurable value.
+
+    Attributes:
+        name: Attribute of :class:`Config` and YAML key.
+        default: Value when no source sets it (already converted).
+        convert: Turns a raw value from any source into the typed value.
+        env: Environment variable that sets it.
+        help: One line for ``--help`` and README.
+    """
+
+    name: str
+    default: Any
+    convert: Callable[[object], Any]
+    env: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        """Return the command-line flag (``--keep-alive`` for ``keep_alive``)."""
+        return "--" + self.name.replace("_", "-")
+
+
+def _default_runtime_dir() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/model-runner-{os.getuid()}"
+    return str(Path(base) / "model-runner") if os.environ.get("XDG_RUNTIME_DIR") else base
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("port", 12434, _to_port, "DMR_RUNNER_PORT", "TCP port of the API."),
+    Setting(
+        "host",
+        (),
+        _to_list,
+        "DMR_RUNNER_HOST",
+        "Comma list of addresses to listen on; default 127.0.0.1 plus the docker0 bridge address "
+        "when that interface exists.",
+    ),
+    Setting("socket", "", _to_path, "MODEL_RUNNER_SOCK", "Also listen on this Unix socket path."),
+    Setting(
+        "models_path", "~/.docker/models", _to_path, "MODELS_PATH", "Root of the local model store."
+    ),
+    Setting(
+        "llama_server_path",
+        "",
+        _to_path,
+        "LLAMA_SERVER_PATH",
+        "Directory holding llama-server; else the provisioning cache, else PATH.",
+    ),
+    Setting(
+        "origins",
+        (),
+        _to_list,
+        "DMR_ORIGINS",
+        "Extra CORS origins (comma list); '*' allows all; 'http://host:*' any port. "
+        "Localhost origins are always allowed.",
+    ),
+    Setting(
+        "keep_alive",
+        300.0,
+        parse_duration,
+        "DMR_KEEP_ALIVE",
+        "Idle time before a runner is stopped (Go duration; 0 = when idle, -1 = never).",
+    ),
+    Setting(
+        "default_context_size",
+        4096,
+        _to_int,
+        "DMR_DEFAULT_CONTEXT_SIZE",
+        "Context size when neither _configure nor the model sets one.",
+    ),
+    Setting(
+        "load_timeout_seconds",
+        600.0,
+        _to_positive_float,
+        "DMR_LOAD_TIMEOUT_SECONDS",
+        "How long a runner may take to become ready.",
+    ),
+    Setting(
+        "stop_grace_seconds",
+        5.0,
+        _to_positive_float,
+        "DMR_STOP_GRACE_SECONDS",
+        "Time between SIGTERM and SIGKILL when stopping a runner.",
+    ),
+    Setting(
+        "max_concurrent_requests",
+        64,
+        _to_int,
+        "DMR_MAX_CONCURRENT_REQUESTS",
+        "Worker threads: the number of requests (streams included) served at once.",
+    ),
+    Setting(
+        "runtime_dir",
+        "",
+        _to_path,
+        "DMR_RUNTIME_DIR",
+        "Runner sockets and pid files; default $XDG_RUNTIME_DIR/model-runner or "
+        "/tmp/model-runner-<uid>.",
+    ),
+    Setting(
+        "log_dir",
+        "",
+        _to_path,
+        "MODEL_RUNNER_LOG_DIR",
+        "Daemon and engine log files; default <models_path>/logs.",
+    ),
+    Setting("log_level", "info", _to_str, "LOG_LEVEL", "debug, info, warning or error."),
+    Setting(
+        "insecure_registries",
+        (),
+        _to_list,
+        "DMR_INSECURE_REGISTRIES",
+        "Registries reached over plain HTTP besides localhost, 127.0.0.1 and *.local.",
+    ),
+    Setting(
+        "hf_endpoint",
+        "https://huggingface.co",
+        _to_str,
+        "HF_ENDPOINT",
+        "Base URL of the Hugging Face Hub API.",
+    ),
+    Setting("disable_metrics", False, _to_bool, "DISABLE_METRICS", "Turn off GET /metrics."),
+)
+
+SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Effective daemon configuration (see :data:`SETTINGS` for each field)."""
+
+    port: int = 12434
+    host: tuple[str, ...] = ()
+    socket: str = ""
+    models_path: str = "~/.docker/models"
+    llama_server_path: str = ""
+    origins: tuple[str, ...] = ()
+    keep_alive: float = 300.0
+    default_context_size: int = 4096
+    load_timeout_seconds: float = 600.0
+    stop_grace_seconds: float = 5.0
+    max_concurrent_requests: int = 64
+    runtime_dir: str = ""
+    log_dir: str = ""
+    log_level: str = "info"
+    insecure_registries: tuple[str, ...] = ()
+    hf_endpoint: str = "https://huggingface.co"
+    disable_metrics: bool = False
+
+    @property
+    def store_root(self) -> Path:
+        """Return the model store directory."""
+        return Path(self.models_path).expanduser()
+
+    @property
+    def runtime_path(self) -> Path:
+        """Return the directory for runner sockets and pid files."""
+        return Path(self.runtime_dir or _default_runtime_dir())
+
+    @property
+    def log_path(self) -> Path:
+        """Return the directory for daemon and engine logs."""
+        return Path(self.log_dir) if self.log_dir else self.store_root / "logs"
+
+
+def _convert(setting: Setting, raw: object, source: str) -> Any:
+    try:
+        return setting.convert(raw)
+    except (ValueError, TypeError) as ex:
+        raise ConfigError(
+            f"invalid value {raw!r} for {setting.name} from {source}: {ex}", param=setting.name
+        ) from ex
+
+
+def load(
+    *,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """Build the effective configuration.
+
+    Args:
+        config_file: YAML file to read; ``None`` reads ``DMR_CONFIG`` or the default path
+            when it exists. An explicitly named file that is missing is an error.
+        environ: Environment to read (default ``os.environ``).
+        overrides: Values from the command line, by setting name; ``None`` values are ignored.
+
+    Raises:
+        ConfigError: A source holds an unknown key or a value its converter rejects.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
+
+    path = config_file or env.get("DMR_CONFIG")
+    if path or Path(DEFAULT_CONFIG_FILE).is_file():
+        file_path = Path(path or DEFAULT_CONFIG_FILE)
+        try:
+            loaded = yaml.safe_load(file_path.read_text(encoding="utf-8")) or {}
+        except OSError as ex:
+            raise ConfigError(f"cannot read config file {str(file_path)!r}: {ex.strerror}") from ex
+        except yaml.YAMLError as ex:
+            raise ConfigError(f"config file {str(file_path)!r} is not valid YAML: {ex}") from ex
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(file_path)!r} must hold a mapping of settings")
+        for key, raw in loaded.items():
+            setting = SETTINGS_BY_NAME.get(str(key))
+            if setting is None:
+                known = ", ".join(sorted(SETTINGS_BY_NAME))
+                raise ConfigError(
+                    f"unknown setting {key!r} in {str(file_path)!r}; known settings: {known}"
+                )
+            if raw is not None:
+                values[setting.name] = _convert(setting, raw, f"config file {str(file_path)!r}")
+
+    for setting in SETTINGS:
+        if setting.env in env:
+            raw_env = env[setting.env].strip().strip("'\"")
+            values[setting.name] = _convert(setting, raw_env, f"environment variable {setting.env}")
+
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        setting = SETTINGS_BY_NAME[name]
+        values[name] = _convert(setting, raw, f"option {setting.flag}")
+
+    return Config(**values)

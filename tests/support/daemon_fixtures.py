@@ -1,0 +1,1 @@
+"""Fixtures that start the real daemon under gunicorn on loopback."""
