@@ -92,7 +92,10 @@ def parse_duration(value: object) -> float:
     if not text:
         raise ValueError("expected a duration such as 5m, 1h or -1")
     if text.startswith("-"):
-        parse_duration(text[1:])
+        magnitude = text[1:]
+        if magnitude.startswith("-"):
+            raise ValueError("expected a duration such as 5m, 1h or -1")
+        parse_duration(magnitude)
         return -1.0
     try:
         return float(text)
