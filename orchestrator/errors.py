@@ -239,3 +239,11 @@ class ConfigError(OrchestratorError):
     status = 500
     type = "server_error"
     code = "config_error"
+
+
+class MemoryBusyError(InsufficientMemoryError):
+    """The model would fit, but runners with requests in flight hold the memory; retry later."""
+
+    status = 503
+    type = "unavailable_error"
+    code = "insufficient_memory"

@@ -32,7 +32,7 @@ _DOMAIN = re.compile(
     r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?"
 )
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # ASCII: Docker's \w is [A-Za-z0-9_]
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _HEX64 = re.compile(r"[a-f0-9]{64}")
 _HEX12 = re.compile(r"[a-f0-9]{12}")
@@ -98,6 +98,9 @@ def _check_safe(raw: str) -> None:
         raise _reject(raw, f"it is longer than {MAX_REFERENCE_LENGTH} characters")
     if _FORBIDDEN.search(raw):
         raise _reject(raw, "it contains whitespace, a control character or a backslash")
+    if not raw.isascii():
+        # Lowercasing could turn a look-alike (U+212A KELVIN SIGN) into an ASCII name.
+        raise _reject(raw, "it contains a non-ASCII character")
     if raw.startswith("/") or raw.startswith("."):
         raise _reject(raw, "it must not start with '/' or '.' (it is not a file path)")
     if ".." in raw.split("@", 1)[0].split("/"):
@@ -173,7 +176,7 @@ def parse_reference(raw: str, *, default_registry: str = DEFAULT_REGISTRY) -> Mo
     components = text.split("/")
     registry = default_registry
     first = components[0]
-    if len(components) > 1 and ("." in first or ":" in first or first == "localhost"):
+    if len(components) > 1 and ("." in first or ":" in first or first.lower() == "localhost"):
         registry = first.lower()
         if not _DOMAIN.fullmatch(first):
             raise _reject(raw, f"registry {first!r} is not a valid host name")
