@@ -1,0 +1,535 @@
+"""OCI distribution client: pull, push and inspect model artifacts (DMR spec section 3.5).
+
+Built on ``requests`` only (``oci.md`` section 7): streamed bodies in both directions, a timeout on
+every request, digests checked on every byte that reaches the store. A pull resolves the tag to a
+manifest digest once, stores the config blob, downloads the layers in parallel into the store's
+``.incomplete`` files (resuming them with ``Range``), commits them, and only then writes the
+manifest and the tag. A push uploads each missing blob with ``POST`` and one streamed ``PUT``
+(layers in parallel, then the config) and finally ``PUT``s the exact manifest bytes, so the model
+ID is the same on both sides.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urljoin
+
+import requests
+
+from orchestrator.errors import (
+    DigestMismatchError,
+    RegistryDeniedError,
+    RegistryError,
+    RemoteNotFoundError,
+)
+from orchestrator.registry.auth import Authenticator, api_host, load_credentials
+from orchestrator.registry.manifest import (
+    Descriptor,
+    config_descriptor,
+    error_codes,
+    layer_descriptors,
+    model_json,
+    parse_manifest,
+    read_limited,
+)
+from orchestrator.registry.progress import ProgressCallback, ProgressReporter
+from orchestrator.registry.transport import (
+    CountingReader,
+    check_cancel,
+    describe_failure,
+    download_to_file,
+    exclusive_partial,
+    file_opener,
+    new_session,
+    open_following_redirects,
+    run_parallel,
+    with_digest,
+)
+from orchestrator.store import mediatypes
+from orchestrator.store.reference import ModelRef, is_insecure_registry
+
+if TYPE_CHECKING:
+    from orchestrator.store.builder import Artifact
+    from orchestrator.store.records import ModelRecord
+    from orchestrator.store.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+# A request is sent again at most this often after 401 challenges (Basic, token, wider scope).
+_MAX_CHALLENGES = 2
+
+Body = Callable[[], "bytes | CountingReader"]
+
+
+class RegistryClient:
+    """Talk to OCI registries for pull, push and remote inspect.
+
+    Args:
+        insecure_registries: Extra registries reached over plain HTTP (loopback and ``*.local``
+            always are).
+        bearer_token: Token sent as ``Authorization: Bearer`` without any exchange.
+        docker_config_dir: Directory of Docker's ``config.json`` (else ``$DOCKER_CONFIG`` or
+            ``~/.docker``).
+        timeout_seconds: Connect and read timeout of every request.
+        max_parallel: Layers transferred at the same time.
+        environ: Environment for ``$DOCKER_CONFIG``, ``$HOME`` and credential helpers.
+    """
+
+    def __init__(
+        self,
+        *,
+        insecure_registries: tuple[str, ...] = (),
+        bearer_token: str | None = None,
+        docker_config_dir: Path | None = None,
+        timeout_seconds: float = 30.0,
+        max_parallel: int = 5,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.insecure_registries = tuple(insecure_registries)
+        self.bearer_token = bearer_token or None
+        self.docker_config_dir = docker_config_dir
+        self.timeout_seconds = timeout_seconds
+        self.max_parallel = max(1, max_parallel)
+        self.environ = environ
+        self.session = new_session(pool_size=self.max_parallel + 2)
+        self._auth: dict[str, Authenticator] = {}
+        self._auth_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def _timeout(self) -> tuple[float, float]:
+        return (self.timeout_seconds, self.timeout_seconds)
+
+    def _repo_url(self, ref: ModelRef) -> str:
+        insecure = is_insecure_registry(ref.registry, self.insecure_registries)
+        scheme = "http" if insecure else "https"
+        return f"{scheme}://{api_host(ref.registry)}/v2/{ref.repository}"
+
+    def _authenticator(self, registry: str) -> Authenticator:
+        with self._auth_lock:
+            found = self._auth.get(registry)
+            if found is None:
+                credentials = None
+                if not self.bearer_token:
+                    credentials = load_credentials(
+                        registry, docker_config_dir=self.docker_config_dir, environ=self.environ
+                    )
+                found = Authenticator(
+                    self.session,
+                    registry,
+                    credentials=credentials,
+                    bearer_token=self.bearer_token,
+                    insecure=is_insecure_registry(registry, self.insecure_registries),
+                    timeout_seconds=self.timeout_seconds,
+                )
+                self._auth[registry] = found
+            return found
+
+    def _send(
+        self,
+        ref: ModelRef,
+        method: str,
+        url: str,
+        *,
+        scope: str,
+        headers: Mapping[str, str] | None = None,
+        body: Body | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Send one request with authorization, answering up to two 401 challenges.
+
+        ``body`` is a factory, so a streamed file can be opened again after a challenge.
+        """
+        auth = self._authenticator(ref.registry)
+        for attempt in range(_MAX_CHALLENGES + 1):
+            sent = auth.authorization(scope)
+            request_headers = dict(headers or {})
+            if sent:
+                request_headers["Authorization"] = sent
+            data = body() if body is not None else None
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    headers=request_headers,
+                    data=data,
+                    stream=stream,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                )
+            except requests.RequestException as ex:
+                raise RegistryError(
+                    f"could not reach registry '{ref.registry}' ({describe_failure(ex)}); "
+                    f"check that it is running and reachable",
+                    details={"url": url, "method": method, "error": str(ex)},
+                ) from ex
+            finally:
+                if isinstance(data, CountingReader):
+                    data.close()
+            if (
+                response.status_code == 401
+                and attempt < _MAX_CHALLENGES
+                and auth.handle_unauthorized(response, scope, sent)
+            ):
+                response.close()
+                continue
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check(self, response: requests.Response, what: str, ref: ModelRef, action: str) -> None:
+        """Raise the error that matches a failed response (nothing for 2xx/3xx)."""
+        status = response.status_code
+        if status < 400:
+            return
+        codes = error_codes(response)
+        details: dict[str, object] = {"status": status, "codes": codes, "url": response.url}
+        shown = f" ({', '.join(codes)})" if codes else ""
+        if status in (401, 403):
+            raise RegistryDeniedError(
+                f"registry '{ref.registry}' denied {action} access to '{ref.repository}' "
+                f"(HTTP {status}{shown}); the repository may not exist, or run "
+                f"'docker login {ref.registry}' with an account that may {action} it",
+                details=details,
+            )
+        if status == 404:
+            raise RemoteNotFoundError(
+                f"{what} was not found in registry '{ref.registry}'{shown}; check the name and tag",
+                details=details,
+            )
+        raise RegistryError(
+            f"registry '{ref.registry}' answered HTTP {status}{shown} for {what}; try again later",
+            details=details,
+        )
+
+    @staticmethod
+    def _scope(ref: ModelRef, push: bool = False) -> str:
+        return f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def fetch_manifest(self, ref: ModelRef) -> tuple[bytes, dict[str, Any]]:
+        """Return the raw manifest bytes and the parsed manifest of ``ref``.
+
+        Raises:
+            RemoteNotFoundError: No such repository or tag.
+            DigestMismatchError: A digest reference got other bytes.
+            UnsupportedModelError: Not a single-manifest model artifact.
+        """
+        url = f"{self._repo_url(ref)}/manifests/{ref.digest or ref.tag}"
+        response = self._send(
+            ref,
+            "GET",
+            url,
+            scope=self._scope(ref),
+            headers={"Accept": mediatypes.MANIFEST_ACCEPT},
+            stream=True,
+        )
+        with response:
+            self._check(response, f"model '{ref}'", ref, "pull")
+            if response.status_code != 200:
+                raise RegistryError(
+                    f"registry '{ref.registry}' answered HTTP {response.status_code} for the "
+                    f"manifest of '{ref}'; try again later"
+                )
+            data = read_limited(response, MAX_MANIFEST_BYTES, f"the manifest of '{ref}'")
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if ref.digest and digest != ref.digest:
+            raise DigestMismatchError(
+                f"registry '{ref.registry}' sent a manifest with digest '{digest}' for "
+                f"'{ref}'; the registry is serving corrupt data",
+                details={"expected": ref.digest, "actual": digest},
+            )
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        return data, parse_manifest(data, content_type, str(ref))
+
+    def _fetch_small_blob(self, ref: ModelRef, blob: Descriptor, limit: int) -> bytes:
+        url = f"{self._repo_url(ref)}/blobs/{blob.digest}"
+        response = open_following_redirects(
+            self._fetcher(ref), self.session, url, {}, timeout=self._timeout
+        )
+        with response:
+            self._check(response, f"blob '{blob.digest}' of '{ref}'", ref, "pull")
+            data = read_limited(response, min(limit, blob.size + 1), f"blob '{blob.digest}'")
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != blob.digest or len(data) != blob.size:
+            raise DigestMismatchError(
+                f"blob '{blob.digest}' of '{ref}' arrived as {len(data)} bytes with digest "
+                f"'{actual}'; the registry is serving corrupt data, nothing was stored",
+                details={"expected": blob.digest, "actual": actual},
+            )
+        return data
+
+    def _fetcher(self, ref: ModelRef) -> Callable[[str, Mapping[str, str]], requests.Response]:
+        def fetch(url: str, headers: Mapping[str, str]) -> requests.Response:
+            return self._send(ref, "GET", url, scope=self._scope(ref), headers=headers, stream=True)
+
+        return fetch
+
+    def remote_model(self, ref: ModelRef) -> dict[str, Any]:
+        """Return the DMR Model JSON of the remote artifact (``id``, ``created``, ``config``)."""
+        data, manifest = self.fetch_manifest(ref)
+        config_blob = config_descriptor(manifest)
+        config = self._fetch_small_blob(ref, config_blob, MAX_CONFIG_BYTES)
+        return model_json("sha256:" + hashlib.sha256(data).hexdigest(), manifest, config)
+
+    # -- pull ---------------------------------------------------------------------------------
+
+    def pull(
+        self, ref: ModelRef, store: Store, progress: ProgressCallback | None = None
+    ) -> ModelRecord:
+        """Pull ``ref`` into ``store`` and tag it with ``ref.tag_string``.
+
+        A bare digest reference (``name@sha256:…``) adds no tag. Layers download in parallel;
+        ``progress`` is called from those threads (serialised by the reporter).
+
+        Raises:
+            RemoteNotFoundError: No such repository, tag or blob.
+            RegistryDeniedError: The registry refused our credentials.
+            UnsupportedModelError: The config media type is not a model config we know.
+            DigestMismatchError: Downloaded bytes do not match their digest (nothing stored).
+            RegistryError: The registry is unreachable or failed.
+        """
+        data, manifest = self.fetch_manifest(ref)
+        model_id = "sha256:" + hashlib.sha256(data).hexdigest()
+        layers = layer_descriptors(manifest)
+        config_blob = config_descriptor(manifest)
+        reporter = ProgressReporter(progress, mode="pull", total=sum(x.size for x in layers))
+        tags = _tags_for(ref)
+        if store.find(model_id) is not None:
+            record = store.add_model(data, tags)
+            reporter.success(f"Using cached model: {record.model_config.get('size', '')}")
+            return record
+
+        if not store.has_blob(config_blob.digest):
+            written = store.write_blob(self._fetch_small_blob(ref, config_blob, MAX_CONFIG_BYTES))
+            if written != config_blob.digest:
+                raise DigestMismatchError(
+                    f"the store wrote config blob '{written}' instead of '{config_blob.digest}'"
+                )
+        unique = list({layer.digest: layer for layer in layers}.values())
+        cancel = threading.Event()
+        run_parallel(
+            self.max_parallel,
+            [functools.partial(self._pull_layer, ref, store, x, reporter, cancel) for x in unique],
+            cancel,
+        )
+        record = store.add_model(data, tags)
+        reporter.success("Model pulled successfully")
+        log.info("model pulled ref=%s id=%s layers=%d", ref, model_id, len(unique))
+        return record
+
+    def _pull_layer(
+        self,
+        ref: ModelRef,
+        store: Store,
+        layer: Descriptor,
+        reporter: ProgressReporter,
+        cancel: threading.Event,
+    ) -> None:
+        def on_bytes(done: int) -> None:
+            check_cancel(cancel)
+            reporter.update(layer.digest, layer.size, done)
+
+        if store.has_blob(layer.digest):
+            reporter.update(layer.digest, layer.size, layer.size)
+            return
+        partial = store.incomplete_path(layer.digest)
+        with exclusive_partial(partial, stall_seconds=max(60.0, 2 * self.timeout_seconds)):
+            if store.has_blob(layer.digest):
+                reporter.update(layer.digest, layer.size, layer.size)
+                return
+            download_to_file(
+                self._fetcher(ref),
+                self.session,
+                f"{self._repo_url(ref)}/blobs/{layer.digest}",
+                partial,
+                what=f"layer '{layer.digest}' of '{ref}'",
+                size=layer.size,
+                sha256_hex=layer.digest.removeprefix("sha256:"),
+                check=lambda response, what: self._check(response, what, ref, "pull"),
+                timeout=self._timeout,
+                on_bytes=on_bytes,
+            )
+            store.commit_incomplete(layer.digest)
+
+    # -- push ---------------------------------------------------------------------------------
+
+    def push(
+        self,
+        record: ModelRecord,
+        target: ModelRef,
+        store: Store,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Push a stored model to ``target``; return the manifest digest.
+
+        Raises:
+            RegistryDeniedError: The registry refused our credentials.
+            RegistryError: The registry is unreachable, failed, or stored other bytes.
+        """
+        data = _stored_manifest(store, record)
+        manifest = parse_manifest(data, "", target.tag_string)
+        config_blob = config_descriptor(manifest)
+        blobs = [
+            (layer, file_opener(store.blob_path(layer.digest)))
+            for layer in layer_descriptors(manifest)
+        ]
+        config = (config_blob, file_opener(store.blob_path(config_blob.digest)))
+        return self._push(target, data, manifest, blobs, config, progress)
+
+    def push_artifact(
+        self, artifact: Artifact, target: ModelRef, progress: ProgressCallback | None = None
+    ) -> str:
+        """Push a freshly built artifact straight from its files; return the manifest digest."""
+        manifest = parse_manifest(artifact.manifest_bytes, "", target.tag_string)
+        config_blob = config_descriptor(manifest)
+        blobs = [
+            (Descriptor(layer.media_type, layer.digest, layer.size), file_opener(layer.path))
+            for layer in artifact.layers
+        ]
+        config_bytes = artifact.config_bytes
+        config = (config_blob, lambda: io.BytesIO(config_bytes))
+        return self._push(target, artifact.manifest_bytes, manifest, blobs, config, progress)
+
+    def _push(
+        self,
+        target: ModelRef,
+        data: bytes,
+        manifest: dict[str, Any],
+        blobs: list[tuple[Descriptor, Callable[[], IO[bytes]]]],
+        config: tuple[Descriptor, Callable[[], IO[bytes]]],
+        progress: ProgressCallback | None,
+    ) -> str:
+        reporter = ProgressReporter(progress, mode="push", total=sum(b.size for b, _ in blobs))
+        unique = list({blob.digest: (blob, opener) for blob, opener in blobs}.values())
+        cancel = threading.Event()
+        run_parallel(
+            self.max_parallel,
+            [functools.partial(self._push_blob, target, b, o, reporter, cancel) for b, o in unique],
+            cancel,
+        )
+        self._push_blob(target, config[0], config[1], None, cancel)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        media_type = manifest.get("mediaType") or mediatypes.OCI_MANIFEST
+        url = f"{self._repo_url(target)}/manifests/{target.tag}"
+        response = self._send(
+            target,
+            "PUT",
+            url,
+            scope=self._scope(target, push=True),
+            headers={"Content-Type": str(media_type)},
+            body=lambda: data,
+        )
+        with response:
+            self._check(response, f"manifest of '{target}'", target, "push")
+            returned = response.headers.get("Docker-Content-Digest", digest)
+        if response.status_code != 201 or returned != digest:
+            raise RegistryError(
+                f"registry '{target.registry}' stored the manifest of '{target}' as "
+                f"'{returned}' (HTTP {response.status_code}) instead of '{digest}'",
+                details={"expected": digest, "actual": returned},
+            )
+        reporter.success("Model pushed successfully")
+        log.info("model pushed target=%s digest=%s", target, digest)
+        return digest
+
+    def _push_blob(
+        self,
+        target: ModelRef,
+        blob: Descriptor,
+        opener: Callable[[], IO[bytes]],
+        reporter: ProgressReporter | None,
+        cancel: threading.Event,
+    ) -> bool:
+        """Upload one blob unless the repository has it; return whether bytes were sent."""
+
+        def on_bytes(done: int) -> None:
+            check_cancel(cancel)
+            if reporter is not None:
+                reporter.update(blob.digest, blob.size, min(done, blob.size))
+
+        scope = self._scope(target, push=True)
+        base = self._repo_url(target)
+        # HEAD first: it skips present blobs and takes the auth challenge before any body.
+        response = self._send(target, "HEAD", f"{base}/blobs/{blob.digest}", scope=scope)
+        response.close()
+        if response.status_code == 200:
+            on_bytes(blob.size)
+            return False
+        if response.status_code != 404:
+            self._check(response, f"blob '{blob.digest}'", target, "push")
+        response = self._send(
+            target,
+            "POST",
+            f"{base}/blobs/uploads/",
+            scope=scope,
+            headers={"Content-Length": "0"},
+        )
+        with response:
+            self._check(response, f"upload of blob '{blob.digest}'", target, "push")
+            location = response.headers.get("Location")
+        if response.status_code != 202 or not location:
+            raise RegistryError(
+                f"registry '{target.registry}' did not open an upload for blob "
+                f"'{blob.digest}' (HTTP {response.status_code}); try again later"
+            )
+        upload_url = with_digest(urljoin(response.url, location), blob.digest)
+        response = self._send(
+            target,
+            "PUT",
+            upload_url,
+            scope=scope,
+            headers={"Content-Type": "application/octet-stream"},
+            body=lambda: CountingReader(opener(), blob.size, on_bytes),
+        )
+        with response:
+            self._check(response, f"upload of blob '{blob.digest}'", target, "push")
+            returned = response.headers.get("Docker-Content-Digest", blob.digest)
+        if response.status_code != 201 or returned != blob.digest:
+            raise RegistryError(
+                f"registry '{target.registry}' stored blob '{blob.digest}' as '{returned}' "
+                f"(HTTP {response.status_code}); the local file may have changed, try again",
+                details={"expected": blob.digest, "actual": returned},
+            )
+        return True
+
+
+def _tags_for(ref: ModelRef) -> list[str]:
+    """Return the tags a pull of ``ref`` sets: none for a bare ``name@digest`` reference.
+
+    A digest pins content, not a name, so it must not move ``:latest`` away from another model.
+    """
+    name = (ref.original or str(ref)).split("@", 1)[0]
+    explicit_tag = ":" in name.rsplit("/", 1)[-1]
+    return [ref.tag_string] if explicit_tag or ref.digest is None else []
+
+
+def _stored_manifest(store: Store, record: ModelRecord) -> bytes:
+    """Return the raw manifest bytes of ``record``, checked against its ID."""
+    data = record.manifest_bytes or store.read_manifest(record.id)
+    if "sha256:" + hashlib.sha256(data).hexdigest() != record.id:
+        raise RegistryError(
+            f"the stored manifest of '{record.id}' does not hash to its ID; the store is "
+            f"corrupt, pull or package the model again"
+        )
+    return bytes(data)
