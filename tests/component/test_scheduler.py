@@ -1,0 +1,448 @@
+"""The real Scheduler driving the fake engine: starts, failures, stops, reaping, sweeps.
+
+Runtime directories live under a short ``/tmp/dmr-*`` path: a Unix socket path holds at most
+107 bytes and pytest's ``tmp_path`` can be longer.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from orchestrator.config import Config
+from orchestrator.errors import (
+    ConflictError,
+    RunnerStartError,
+    RunnerTimeoutError,
+    ServiceUnavailableError,
+)
+from orchestrator.runners.configs import RunnerSettings
+from orchestrator.runners.health import UnixHTTPConnection
+from orchestrator.runners.process import KILL_WAIT_SECONDS
+from orchestrator.runners.scheduler import Scheduler
+from tests.fakes.store_stub import StubRecord, StubStore
+from tests.support.processes import stop_process, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE_ENGINE = REPO / "tests" / "fakes" / "fake_llama_server.py"
+
+
+def is_gone(pid: int) -> bool:
+    """Return whether ``pid`` no longer runs (a zombie nobody reaped counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def request(socket_path: str, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+    """Send one HTTP request to a runner socket and return (status, body)."""
+    connection = UnixHTTPConnection(socket_path, timeout=5.0)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="dmr-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def started_pids(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[int]]]:
+    """Make every fake engine record its pid; kill any still alive at the end (safety net)."""
+    log = workdir / "starts.log"
+    monkeypatch.setenv("FAKE_LLAMA_START_LOG", str(log))
+    monkeypatch.setenv("FAKE_LLAMA_LOAD_SECONDS", "0.1")
+
+    def read() -> list[int]:
+        return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+    yield read
+    for pid in read():
+        if not is_gone(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def store(workdir: Path) -> StubStore:
+    return StubStore(workdir / "store")
+
+
+@pytest.fixture
+def record(store: StubStore, workdir: Path) -> StubRecord:
+    gguf = workdir / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    return store.add(gguf, tags=("docker.io/ai/smollm2:latest",), config={"context_size": 2048})
+
+
+@pytest.fixture
+def make_scheduler(
+    store: StubStore, workdir: Path, started_pids: Callable[[], list[int]]
+) -> Iterator[Callable[..., Scheduler]]:
+    made: list[Scheduler] = []
+
+    def make(**overrides: Any) -> Scheduler:
+        settings: dict[str, Any] = {"load_timeout_seconds": 10.0, "stop_grace_seconds": 2.0}
+        settings.update(overrides)
+        scheduler = Scheduler(
+            config=Config(**settings),
+            store=store,
+            engine_path=FAKE_ENGINE,
+            runtime_dir=workdir / "run",
+            log_dir=workdir / "logs",
+        )
+        scheduler.start()
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler.shutdown(grace_seconds=1.0)
+
+
+def test_concurrent_first_requests_start_one_process(
+    make_scheduler: Callable[..., Scheduler], record: StubRecord, started_pids: Callable[[], list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_LOAD_SECONDS", "0.5")
+    scheduler = make_scheduler()
+    barrier = threading.Barrier(8)
+    leases = []
+    errors: list[BaseException] = []
+
+    def acquire() -> None:
+        barrier.wait()
+        try:
+            leases.append(scheduler.acquire(record, "completion"))
+        except BaseException as ex:  # noqa: BLE001 - asserted empty below
+            errors.append(ex)
+
+    threads = [threading.Thread(target=acquire) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert not errors
+    assert len(leases) == 8
+    assert len({lease.runner.pid for lease in leases}) == 1
+    assert len(started_pids()) == 1
+    assert scheduler.stats.snapshot().starts == 1
+    assert scheduler.ps()[0]["in_use"] is True
+    for lease in leases:
+        lease.release()
+    assert "in_use" not in scheduler.ps()[0]
+
+
+def test_runner_serves_http_on_its_socket(make_scheduler: Callable[..., Scheduler], record: StubRecord) -> None:
+    scheduler = make_scheduler()
+    with scheduler.acquire(record, "completion") as lease:
+        assert request(lease.socket_path, "GET", "/health") == (200, b'{"status": "ok"}')
+        status, body = request(lease.socket_path, "GET", "/fake/argv")
+        argv = json.loads(body)["argv"]
+        assert status == 200 and argv[argv.index("--ctx-size") + 1] == "2048"
+        assert lease.runner.context_size == 2048
+        entry = scheduler.ps()[0]
+        assert entry["model_name"] == "smollm2" and entry["socket"] == lease.socket_path
+        assert entry["last_used"] == "0001-01-01T00:00:00Z"
+    assert scheduler.ps()[0]["last_used"].endswith("Z")
+    assert scheduler.active_runners()[0].pid == lease.runner.pid
+
+
+def test_crash_at_load_fails_fast_with_log_tail(
+    make_scheduler: Callable[..., Scheduler], record: StubRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_BEHAVIOUR", "crash")
+    scheduler = make_scheduler()
+    results: list[RunnerStartError] = []
+
+    def acquire() -> None:
+        try:
+            scheduler.acquire(record, "completion")
+        except RunnerStartError as ex:
+            results.append(ex)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=acquire) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    elapsed = time.monotonic() - started
+    assert len(results) == 3 and elapsed < 3.0
+    error = results[0]
+    assert "failed to load model" in error.message and "status 1" in error.message
+    assert error.details["exit_status"] == 1
+    tail = error.details["log_tail"]
+    assert isinstance(tail, list) and any("error loading model" in line for line in tail)
+    assert len(tail) <= 40
+    assert scheduler.ps() == []
+    assert scheduler.stats.snapshot().start_failures["error"] == 1
+
+
+def test_hang_times_out_within_deadline_and_process_is_gone(
+    make_scheduler: Callable[..., Scheduler], record: StubRecord, started_pids: Callable[[], list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_BEHAVIOUR", "hang")
+    scheduler = make_scheduler(load_timeout_seconds=1.0, stop_grace_seconds=0.5)
+    started = time.monotonic()
+    with pytest.raises(RunnerTimeoutError) as info:
+        scheduler.acquire(record, "completion")
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 2.0
+    assert "load_timeout_seconds" in info.value.message
+    (pid,) = started_pids()
+    assert is_gone(pid)
+    assert scheduler.ps() == []
+    assert list((scheduler._runners_dir).glob("*")) == []  # pid file and socket removed
+
+
+def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(
+    make_scheduler: Callable[..., Scheduler], record: StubRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_IGNORE_SIGTERM", "1")
+    scheduler = make_scheduler(stop_grace_seconds=0.5)
+    with scheduler.acquire(record, "completion") as lease:
+        pid = lease.runner.pid
+    started = time.monotonic()
+    assert scheduler.unload(all=True) == 1
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 0.5 + KILL_WAIT_SECONDS
+    assert elapsed < 1.5
+    assert pid is not None and is_gone(pid)
+    engine_log = Path(lease.runner.log_path).read_text()
+    assert "was killed by SIGKILL" in engine_log and "out-of-memory" not in engine_log
+    assert scheduler.stats.snapshot().stops["unload"] == 1
+
+
+def test_idle_runner_is_reaped_after_keep_alive(make_scheduler: Callable[..., Scheduler], record: StubRecord) -> None:
+    scheduler = make_scheduler(keep_alive=0.2)
+    with scheduler.acquire(record, "completion") as lease:
+        pid = lease.runner.pid
+    released = time.monotonic()
+    assert scheduler.ps()[0]["keep_alive"] == "0.2s"
+    assert wait_until(lambda: scheduler.ps() == [], timeout=3.0)
+    assert time.monotonic() - released >= 0.2
+    assert pid is not None and wait_until(lambda: is_gone(pid), timeout=3.0)
+    assert scheduler.stats.snapshot().stops["idle"] == 1
+
+
+def test_configured_keep_alive_overrides_the_default(make_scheduler: Callable[..., Scheduler], record: StubRecord) -> None:
+    scheduler = make_scheduler(keep_alive=300.0)
+    scheduler.configure(record, RunnerSettings(keep_alive=0.2))
+    with scheduler.acquire(record, "completion"):
+        pass
+    assert wait_until(lambda: scheduler.ps() == [], timeout=3.0)
+
+
+def test_leased_runner_is_never_reaped(make_scheduler: Callable[..., Scheduler], record: StubRecord) -> None:
+    scheduler = make_scheduler(keep_alive=0.0)
+    lease = scheduler.acquire(record, "completion")
+    time.sleep(0.6)
+    (entry,) = scheduler.ps()
+    assert entry["in_use"] is True and entry["pid"] == lease.runner.pid
+    assert lease.runner.pid is not None and not is_gone(lease.runner.pid)
+    assert scheduler.unload(all=True) == 0  # in use: not unloaded either
+    lease.release()
+    lease.release()  # idempotent
+    assert wait_until(lambda: scheduler.ps() == [], timeout=3.0)
+
+
+def test_crashed_runner_is_removed_and_next_acquire_starts_fresh(
+    make_scheduler: Callable[..., Scheduler], record: StubRecord
+) -> None:
+    scheduler = make_scheduler()
+    lease = scheduler.acquire(record, "completion")
+    first_pid = lease.runner.pid
+    with pytest.raises((http.client.HTTPException, OSError)):
+        request(lease.socket_path, "POST", "/fake/crash", {})
+    lease.report_crash()
+    assert scheduler.ps() == []  # removed at once, even though the lease is still held
+    lease.release()
+    assert scheduler.stats.snapshot().stops["crash"] == 1
+    with scheduler.acquire(record, "completion") as fresh:
+        assert fresh.runner.pid != first_pid
+        assert request(fresh.socket_path, "GET", "/health")[0] == 200
+
+
+def test_runner_killed_while_idle_is_dropped_by_the_scheduler(
+    make_scheduler: Callable[..., Scheduler], record: StubRecord
+) -> None:
+    scheduler = make_scheduler()
+    with scheduler.acquire(record, "completion") as lease:
+        pid = lease.runner.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: scheduler.ps() == [], timeout=3.0)
+    engine_log = Path(lease.runner.log_path).read_text()
+    assert "out-of-memory" in engine_log  # a SIGKILL we did not send
+
+
+def test_shutdown_stops_every_runner_and_refuses_new_ones(
+    make_scheduler: Callable[..., Scheduler], store: StubStore, record: StubRecord, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_IGNORE_SIGTERM", "")
+    other_gguf = workdir / "other.gguf"
+    other_gguf.write_bytes(b"GGUF")
+    other = store.add(other_gguf, tags=("docker.io/ai/other:latest",))
+    scheduler = make_scheduler()
+    held = scheduler.acquire(record, "completion")
+    with scheduler.acquire(record, "embedding"), scheduler.acquire(other, "completion"):
+        pass
+    pids = [entry["pid"] for entry in scheduler.ps()]
+    assert len(pids) == 3
+    started = time.monotonic()
+    scheduler.shutdown()
+    assert time.monotonic() - started < 2.0  # one shared grace, not one per runner
+    assert all(is_gone(pid) for pid in pids)
+    assert scheduler.ps() == []
+    with pytest.raises(ServiceUnavailableError):
+        scheduler.acquire(record, "completion")
+    held.release()
+    assert scheduler.stats.snapshot().stops["shutdown"] == 3
+
+
+def test_configure_conflicts_while_busy_and_restarts_idle_runner(
+    make_scheduler: Callable[..., Scheduler], record: StubRecord
+) -> None:
+    scheduler = make_scheduler()
+    with scheduler.acquire(record, "completion") as lease, pytest.raises(ConflictError):
+        scheduler.configure(record, RunnerSettings(context_size=1024))
+    old_pid = lease.runner.pid
+    settings = RunnerSettings(context_size=1024, runtime_flags=("--temp", "0.1"))
+    scheduler.configure(record, settings)
+    assert scheduler.ps() == []  # idle runner evicted so the next start uses the new args
+    assert old_pid is not None and is_gone(old_pid)
+    with scheduler.acquire(record, "completion") as lease:
+        argv = json.loads(request(lease.socket_path, "GET", "/fake/argv")[1])["argv"]
+        assert argv[argv.index("--ctx-size") + 1] == "1024" and "--temp" in argv
+    scheduler.configure(record, settings)  # unchanged: the idle runner stays
+    assert len(scheduler.ps()) == 1
+    assert scheduler.configurations() == [
+        {
+            "Backend": "llama.cpp",
+            "Model": "docker.io/ai/smollm2:latest",
+            "ModelID": record.id,
+            "Mode": "completion",
+            "Config": {"context-size": 1024, "runtime-flags": ["--temp", "0.1"]},
+        }
+    ]
+    assert scheduler.unload(model_ids=[record.short_id]) == 1
+    assert len(scheduler.configurations(record.id)) == 1  # settings survive unload
+
+
+def test_settings_survive_a_new_scheduler(
+    make_scheduler: Callable[..., Scheduler], store: StubStore, record: StubRecord
+) -> None:
+    make_scheduler().configure(record, RunnerSettings(context_size=512))
+    assert make_scheduler().configurations(record.id)[0]["Config"] == {"context-size": 512}
+    store.remove(record)
+    assert make_scheduler().configurations() == []  # models no longer in the store are left out
+
+
+def test_loading_runner_is_listed_as_loading(
+    make_scheduler: Callable[..., Scheduler], record: StubRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_LLAMA_LOAD_SECONDS", "0.6")
+    scheduler = make_scheduler()
+    leases = []
+    thread = threading.Thread(target=lambda: leases.append(scheduler.acquire(record, "reranking")))
+    thread.start()
+    assert wait_until(lambda: any(e.get("loading") for e in scheduler.ps()), timeout=3.0)
+    entry = scheduler.ps()[0]
+    assert entry["mode"] == "reranking" and entry["last_used"] == "0001-01-01T00:00:00Z"
+    thread.join(10)
+    leases[0].release()
+    assert "loading" not in scheduler.ps()[0]
+
+
+def test_startup_sweep_kills_leftover_runner(
+    make_scheduler: Callable[..., Scheduler], workdir: Path, record: StubRecord
+) -> None:
+    runners_dir = workdir / "run" / "runners"
+    runners_dir.mkdir(parents=True)
+    socket_path = runners_dir / "c1-leftover.sock"
+    argv = [str(FAKE_ENGINE), "--model", str(workdir / "model.gguf"), "--host", str(socket_path)]
+    leftover = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bystander = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert wait_until(socket_path.exists, timeout=5.0)
+        for name, proc in (("c1-leftover", leftover), ("c2-bystander", bystander)):
+            create_time = psutil.Process(proc.pid).create_time()
+            if proc is bystander:
+                create_time -= 100.0  # pid reused by an unrelated process: must survive
+            (runners_dir / f"{name}.pid").write_text(
+                json.dumps({"pid": proc.pid, "create_time": create_time, "argv": argv})
+            )
+        make_scheduler()
+        assert leftover.wait(timeout=5.0) is not None
+        assert bystander.poll() is None
+        assert list(runners_dir.glob("*.pid")) == [] and not socket_path.exists()
+    finally:
+        stop_process(leftover)
+        stop_process(bystander)
+
+
+PARENT_SCRIPT = """
+import sys, time
+from pathlib import Path
+from orchestrator.config import Config
+from orchestrator.runners.scheduler import Scheduler
+from tests.fakes.store_stub import StubStore
+
+work = Path(sys.argv[1])
+store = StubStore(work / "store")
+record = store.add(work / "model.gguf", tags=("docker.io/ai/smollm2:latest",))
+scheduler = Scheduler(config=Config(), store=store, engine_path=Path(sys.argv[2]),
+                      runtime_dir=work / "run", log_dir=work / "logs")
+# Acquire on a short-lived thread: the runner must outlive it (spawns use the launcher thread).
+import threading
+leases = []
+thread = threading.Thread(target=lambda: leases.append(scheduler.acquire(record, "completion")))
+thread.start()
+thread.join()
+print(leases[0].runner.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_runner_dies_with_a_sigkilled_daemon(workdir: Path, record: StubRecord, started_pids: Callable[[], list[int]]) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_SCRIPT, str(workdir), str(FAKE_ENGINE)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        runner_pid = int(line)
+        time.sleep(0.3)
+        assert not is_gone(runner_pid)  # survived the end of the thread that asked for it
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=5.0)
+        assert wait_until(lambda: is_gone(runner_pid), timeout=5.0)
+    finally:
+        stop_process(parent)

@@ -1,0 +1,1 @@
+"""Stand-ins for failure paths real things won't produce on demand (fake engine, store stub)."""

@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""A scriptable stand-in for llama-server, for the failure paths a real engine won't produce.
+
+It accepts the argv the daemon builds (``-ngl 999 --metrics --no-webui --model M --host S ...``;
+unknown flags are ignored) and serves HTTP like llama-server: on a Unix socket when ``--host``
+ends in ``.sock``, else on ``--host``/``--port``. Standard library only.
+
+Behaviour, from ``--fake-*`` flags or ``FAKE_LLAMA_*`` environment variables (the daemon passes
+its environment to runners, so tests set these with ``monkeypatch.setenv``):
+
+- ``FAKE_LLAMA_BEHAVIOUR`` / ``--fake-behaviour``: ``serve`` (default); ``crash`` (print
+  llama.cpp's model-loading error lines and exit 1); ``hang`` (listen, answer 503 forever).
+- ``FAKE_LLAMA_LOAD_SECONDS``: answer 503 ``Loading model`` for this long (default 0.1).
+- ``FAKE_LLAMA_IGNORE_SIGTERM=1``: ignore SIGTERM (only SIGKILL stops it).
+- ``FAKE_LLAMA_TOKENS`` (default 8) and ``FAKE_LLAMA_TOKEN_DELAY`` seconds (default 0.005):
+  length and pace of ``/v1/chat/completions`` answers, streamed as SSE when ``"stream": true``.
+- ``FAKE_LLAMA_START_LOG``: append ``<pid>\\n`` to this file at start (to count processes).
+
+Like the real build it exits at once when the socket path already exists, and fails to load
+when the model file is missing. Extra endpoints: ``GET /fake/argv`` (its argv and pid) and
+``POST /fake/crash`` (exit 3 immediately, mid-request).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socketserver
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+class Options:
+    """Parsed command line: the llama-server flags we use plus ``--fake-*`` overrides."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.model = ""
+        self.host = "127.0.0.1"
+        self.port = 8080
+        self.ctx_size = 0
+        self.behaviour = _env("FAKE_LLAMA_BEHAVIOUR", "serve")
+        self.load_seconds = float(_env("FAKE_LLAMA_LOAD_SECONDS", "0.1"))
+        self.ignore_sigterm = _env("FAKE_LLAMA_IGNORE_SIGTERM", "") not in ("", "0")
+        self.tokens = int(_env("FAKE_LLAMA_TOKENS", "8"))
+        self.token_delay = float(_env("FAKE_LLAMA_TOKEN_DELAY", "0.005"))
+        self.start_log = _env("FAKE_LLAMA_START_LOG", "")
+        # Parse by hand: argparse would read "-cb" as "-c b" and choke on llama.cpp's flags.
+        values = {
+            "-m": "model", "--model": "model", "--host": "host", "--port": "port",
+            "-c": "ctx_size", "--ctx-size": "ctx_size", "--fake-behaviour": "behaviour",
+            "--fake-load-seconds": "load_seconds", "--fake-tokens": "tokens",
+            "--fake-token-delay": "token_delay", "--fake-start-log": "start_log",
+        }
+        index = 0
+        while index < len(argv):
+            flag = argv[index]
+            if flag == "--fake-ignore-sigterm":
+                self.ignore_sigterm = True
+            elif flag in values and index + 1 < len(argv):
+                name = values[flag]
+                current = getattr(self, name)
+                setattr(self, name, type(current)(argv[index + 1]))
+                index += 1
+            index += 1
+
+
+OPTIONS = Options(sys.argv[1:])
+STARTED = time.monotonic()
+COUNTERS = {"requests_processing": 0, "tokens_predicted_total": 0, "prompt_tokens_total": 0}
+COUNTERS_LOCK = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print one engine log line (stdout is the runner's log file)."""
+    print(line, flush=True)
+
+
+def is_ready() -> bool:
+    """Return whether loading is over."""
+    if OPTIONS.behaviour == "hang":
+        return False
+    return time.monotonic() - STARTED >= OPTIONS.load_seconds
+
+
+class Handler(BaseHTTPRequestHandler):
+    """llama-server's HTTP surface, reduced to what the daemon touches."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-llama-server"
+
+    def address_string(self) -> str:  # Unix sockets have no peer address
+        return "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        say("srv  log_server_r: " + (format % args))
+
+    def _json(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _text(self, status: int, text: str, content_type: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _loading(self) -> bool:
+        if is_ready():
+            return False
+        self._json(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+        return True
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b"{}"
+        try:
+            parsed = json.loads(raw or b"{}")
+        except ValueError:
+            parsed = {}
+        return parsed if isinstance(parsed, dict) else {}
+
+    def do_GET(self) -> None:
+        if self._loading():
+            return
+        if self.path == "/health":
+            self._json(200, {"status": "ok"})
+        elif self.path == "/metrics":
+            with COUNTERS_LOCK:
+                counters = dict(COUNTERS)
+            lines = []
+            for name, value in counters.items():
+                kind = "counter" if name.endswith("_total") else "gauge"
+                lines += [f"# HELP llamacpp:{name} fake", f"# TYPE llamacpp:{name} {kind}",
+                          f"llamacpp:{name} {value}"]
+            self._text(200, "\n".join(lines) + "\n", "text/plain; version=0.0.4")
+        elif self.path == "/v1/models":
+            name = os.path.basename(OPTIONS.model)
+            self._json(200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "llamacpp"}]})
+        elif self.path == "/fake/argv":
+            self._json(200, {"argv": OPTIONS.argv, "pid": os.getpid(), "ctx_size": OPTIONS.ctx_size})
+        else:
+            self._json(404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
+
+    def do_POST(self) -> None:
+        if self.path == "/fake/crash":
+            say("fake: crashing on request")
+            os._exit(3)
+        if self._loading():
+            return
+        body = self._body()
+        if self.path in ("/v1/chat/completions", "/v1/completions"):
+            with COUNTERS_LOCK:
+                COUNTERS["requests_processing"] += 1
+            try:
+                if body.get("stream"):
+                    self._stream(body)
+                else:
+                    self._complete(body)
+            finally:
+                with COUNTERS_LOCK:
+                    COUNTERS["requests_processing"] -= 1
+        elif self.path == "/v1/embeddings":
+            self._json(200, {"object": "list", "model": body.get("model", ""),
+                             "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                             "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        else:
+            self._json(404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
+
+    def _tokens(self) -> list[str]:
+        return [f"tok{index} " for index in range(OPTIONS.tokens)]
+
+    def _complete(self, body: dict[str, Any]) -> None:
+        pieces = []
+        for piece in self._tokens():
+            time.sleep(OPTIONS.token_delay)
+            pieces.append(piece)
+        with COUNTERS_LOCK:
+            COUNTERS["tokens_predicted_total"] += len(pieces)
+        self._json(200, {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", ""),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "".join(pieces)}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": len(pieces), "total_tokens": 3 + len(pieces)},
+        })
+
+    def _chunk(self, payload: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        self.wfile.flush()
+
+    def _stream(self, body: dict[str, Any]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": body.get("model", "")}
+        try:
+            first = {**base, "choices": [{"index": 0, "finish_reason": None, "delta": {"role": "assistant", "content": None}}]}
+            self._chunk(b"data: " + json.dumps(first).encode() + b"\n\n")
+            for piece in self._tokens():
+                time.sleep(OPTIONS.token_delay)
+                event = {**base, "choices": [{"index": 0, "finish_reason": None, "delta": {"content": piece}}]}
+                self._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+                with COUNTERS_LOCK:
+                    COUNTERS["tokens_predicted_total"] += 1
+            last = {**base, "choices": [{"index": 0, "finish_reason": "stop", "delta": {}}]}
+            self._chunk(b"data: " + json.dumps(last).encode() + b"\n\n")
+            self._chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            say("srv  stream: client disconnected")
+
+
+class UnixServer(socketserver.ThreadingUnixStreamServer):
+    """HTTP over a Unix socket, one thread per connection."""
+
+    daemon_threads = True
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    say("srv    operator(): operator(): cleaning up before exit...")
+    raise SystemExit(0)
+
+
+def main() -> int:
+    """Run the fake engine until SIGTERM (or forever when it ignores it)."""
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if OPTIONS.start_log:
+        with open(OPTIONS.start_log, "a", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()}\n")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if OPTIONS.ignore_sigterm else _on_sigterm)
+    say(f"build: fake (0000000) with fake-llama-server; argv={' '.join(OPTIONS.argv)}")
+    say(f"main: loading model '{OPTIONS.model}'")
+    if OPTIONS.behaviour == "crash" or not os.path.isfile(OPTIONS.model):
+        time.sleep(min(OPTIONS.load_seconds, 0.05))
+        say(f"gguf_init_from_file: failed to open GGUF file '{OPTIONS.model}'")
+        say(f"llama_model_load: error loading model: llama_model_loader: failed to load model from {OPTIONS.model}")
+        say("llama_model_load_from_file_impl: failed to load model")
+        say("srv    load_model: failed to load model, '" + OPTIONS.model + "'")
+        say("main: exiting due to model loading error")
+        return 1
+    if OPTIONS.host.endswith(".sock"):
+        if os.path.exists(OPTIONS.host):
+            say(f"main: couldn't bind HTTP server socket, hostname: {OPTIONS.host}, port: {OPTIONS.port}")
+            return 1
+        server: socketserver.BaseServer = UnixServer(OPTIONS.host, Handler)
+        where = f"unix://{OPTIONS.host}"
+    else:
+        server = ThreadingHTTPServer((OPTIONS.host, OPTIONS.port), Handler)
+        where = f"http://{OPTIONS.host}:{OPTIONS.port}"
+    say(f"main: server is listening on {where} - starting the main loop")
+    try:
+        server.serve_forever(poll_interval=0.05)
+    except SystemExit:
+        pass
+    finally:
+        server.server_close()
+        if OPTIONS.host.endswith(".sock") and os.path.exists(OPTIONS.host):
+            os.unlink(OPTIONS.host)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
