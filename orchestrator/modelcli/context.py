@@ -1,0 +1,83 @@
+"""What every command receives: the streams, the environment and a lazily built client."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from orchestrator.modelcli.client import DaemonClient, base_url_from_env
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@dataclass
+class CliContext:
+    """Streams, environment and daemon client of one CLI invocation.
+
+    Tests build one with ``io.StringIO`` streams and a fixed ``clock``; ``main()`` builds one
+    from ``sys`` and ``os.environ``.
+
+    Attributes:
+        prog: How the user invoked us (``docker model`` or ``docker-model``), for messages.
+        stdout: Command output (tables, JSON, answers).
+        stderr: Progress, prompts for attention and errors.
+        stdin: Prompt input (``run``, ``purge`` confirmation).
+        environ: Environment variables (``MODEL_RUNNER_HOST``, ``HF_TOKEN``, ``DOCKER_CONFIG``).
+        clock: Wall clock for relative times (``3 weeks ago``).
+    """
+
+    prog: str = "docker model"
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    clock: Callable[[], float] = time.time
+    _client: DaemonClient | None = None
+
+    @property
+    def client(self) -> DaemonClient:
+        """Return the daemon client, created on first use."""
+        if self._client is None:
+            self._client = DaemonClient(base_url_from_env(self.environ))
+        return self._client
+
+    @property
+    def host_is_explicit(self) -> bool:
+        """Return whether ``MODEL_RUNNER_HOST`` names the daemon (DMR's "manual install")."""
+        return bool(self.environ.get("MODEL_RUNNER_HOST", "").strip())
+
+    def out(self, text: str = "", *, end: str = "\n") -> None:
+        """Write to stdout and flush (answers stream token by token)."""
+        self.stdout.write(text + end)
+        self.stdout.flush()
+
+    def err(self, text: str = "", *, end: str = "\n") -> None:
+        """Write to stderr and flush."""
+        self.stderr.write(text + end)
+        self.stderr.flush()
+
+    def stdin_is_tty(self) -> bool:
+        """Return whether stdin is a terminal."""
+        return _is_tty(self.stdin)
+
+    def stdout_is_tty(self) -> bool:
+        """Return whether stdout is a terminal."""
+        return _is_tty(self.stdout)
+
+    def stderr_is_tty(self) -> bool:
+        """Return whether stderr is a terminal (progress bars are drawn there)."""
+        return _is_tty(self.stderr)
+
+    def close(self) -> None:
+        """Close the daemon client's connections."""
+        if self._client is not None:
+            self._client.close()
