@@ -1,0 +1,98 @@
+"""The HTTP API: resources, middleware, the error renderer and the route table.
+
+Route table (every path also answers under the ``/exp/vDD4.40`` prefix; ``{ref}`` may hold
+slashes; ``[/{backend}]`` means both with and without a backend segment, ``llama.cpp`` being
+the only backend):
+
+======================================================  ======  =================================
+Path                                                    Method  Resource
+======================================================  ======  =================================
+``/``                                                   GET     health.RootResource
+``/ui``, ``/ui/``, ``/ui/{name}``                       GET     ui.UIResource (dashboard)
+``/version``                                            any     health.VersionResource
+``/engines[/{backend}]/v1/chat/completions``            POST    openai.InferenceResource
+``/engines[/{backend}]/v1/completions``                 POST    openai.InferenceResource
+``/engines[/{backend}]/v1/embeddings``                  POST    openai.InferenceResource
+``/v1/chat/completions``, ``/v1/completions``,          POST    openai.InferenceResource
+``/v1/embeddings``
+``/engines[/{backend}]/rerank``, ``/rerank``            POST    openai.InferenceResource
+``/engines[/{backend}]/score``, ``/score``              POST    openai.InferenceResource (501)
+``/engines[/{backend}]/v1/models``, ``/v1/models``      GET     openai.ModelListResource
+``/engines[/{backend}]/v1/models/{ref}``,               GET     openai.model_sink
+``/v1/models/{ref}``
+``/models``                                             GET     models.ModelsResource
+``/models/create``                                      POST    models.CreateResource (pull)
+``/models/load``                                        POST    models.LoadResource
+``/models/purge``                                       DELETE  models.PurgeResource
+``/models/{ref}``                                       GET     models.ModelSink (inspect)
+``/models/{ref}``                                       DELETE  models.ModelSink (delete)
+``/models/{ref}/tag``                                   POST    models.ModelSink
+``/models/{ref}/push``                                  POST    models.ModelSink
+``/models/{ref}/export``                                GET     models.ModelSink
+``/engines/status``                                     GET     engines.StatusResource
+``/engines/ps``                                         GET     engines.PsResource
+``/engines/df``                                         GET     engines.DfResource
+``/engines/unload``                                     POST    engines.UnloadResource
+``/engines[/{backend}]/_configure``                     POST    engines.ConfigureResource
+``/engines/_configure``                                 GET     engines.ConfigureResource
+``/metrics``                                            GET     metrics.MetricsResource
+``/logs``                                               GET     logs.LogsResource
+======================================================  ======  =================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import falcon
+
+    from orchestrator.api.request_stats import RequestStats
+    from orchestrator.config import Config
+    from orchestrator.registry.client import RegistryClient
+    from orchestrator.runners.scheduler import Scheduler
+    from orchestrator.store.store import Store
+
+RegistryFactory = Callable[[str | None], "RegistryClient"]
+
+
+@dataclasses.dataclass
+class ApiContext:
+    """What the resources share: configuration, store, scheduler, seams and counters.
+
+    Attributes:
+        config: Effective configuration.
+        store: The local model store.
+        scheduler: Owner of the runners.
+        registry_factory: Makes a registry client for a bearer token (``None`` = from the
+            Docker credentials).
+        request_stats: Request-side metrics.
+        engine_path: The llama-server binary (``None`` when it was not found).
+        engine_error: Why it was not found.
+    """
+
+    config: Config
+    store: Store
+    scheduler: Scheduler
+    registry_factory: RegistryFactory
+    request_stats: RequestStats
+    engine_path: Path | None = None
+    engine_error: str = ""
+
+
+def add_routes(app: falcon.App, ctx: ApiContext) -> None:
+    """Register every route of the table above on ``app``."""
+    # Imported here so that importing the package (for ApiContext) stays cheap.
+    from orchestrator.api import engines, health, logs, metrics, models, openai, ui
+
+    app.add_route("/", health.RootResource())
+    ui.add_routes(app, ctx)
+    app.add_route("/version", health.VersionResource())
+    openai.add_routes(app, ctx)
+    models.add_routes(app, ctx)
+    engines.add_routes(app, ctx)
+    app.add_route("/metrics", metrics.MetricsResource(ctx))
+    app.add_route("/logs", logs.LogsResource(ctx))

@@ -1,0 +1,204 @@
+"""Scheduler management routes (spec 1.5): status, ps, df, unload, _configure."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import falcon
+
+from orchestrator.api.body import query_string, read_json_object
+from orchestrator.api.openai import BACKEND, check_backend, resolve_model
+from orchestrator.errors import InvalidRequestError, OrchestratorError
+from orchestrator.runners.configs import parse_configure_request
+
+if TYPE_CHECKING:
+    from orchestrator.api import ApiContext
+    from orchestrator.store.records import ModelRecord
+
+log = logging.getLogger(__name__)
+
+VERSION_TIMEOUT_SECONDS = 10.0
+
+
+def engine_version(engine_path: Path) -> str:
+    """Return what ``llama-server --version`` reports (``0.6.0-dev (build 0, commit x)``).
+
+    Raises:
+        OSError, subprocess.SubprocessError: The binary could not be run.
+    """
+    done = subprocess.run(
+        [str(engine_path), "--version"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=VERSION_TIMEOUT_SECONDS,
+        check=False,
+    )
+    # llama-server prints its version on stderr.
+    for line in (done.stderr + done.stdout).decode("utf-8", "replace").splitlines():
+        if line.startswith("version:"):
+            return line.split(":", 1)[1].strip()
+    raise subprocess.SubprocessError(
+        f"no version line in the output (exit status {done.returncode})"
+    )
+
+
+class StatusResource:
+    """``GET /engines/status``: ``{"llama.cpp": "Running: llama.cpp <version>"}``."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        self._status: str | None = None
+
+    def _compute(self) -> str:
+        if self.ctx.engine_path is None:
+            return f"Not Installed: {self.ctx.engine_error or 'llama-server was not found'}"
+        try:
+            return f"Running: llama.cpp {engine_version(self.ctx.engine_path)}"
+        except (OSError, subprocess.SubprocessError) as ex:
+            return f"Error: cannot run {str(self.ctx.engine_path)!r}: {ex}"
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self._lock:
+            if self._status is None:
+                # Run once: the binary does not change under a running daemon.
+                self._status = self._compute()
+            status = self._status
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = json.dumps({BACKEND: status}).encode()
+
+
+class PsResource:
+    """``GET /engines/ps``: the runners, DMR's shape."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = json.dumps(self.ctx.scheduler.ps()).encode()
+
+
+def engine_disk_usage(engine_path: Path | None) -> int:
+    """Return the bytes of the engine binary and the shared libraries beside it."""
+    if engine_path is None:
+        return 0
+    total = 0
+    try:
+        total += engine_path.stat().st_size
+        for sibling in engine_path.parent.glob("lib*.so*"):
+            if sibling.is_file():
+                total += sibling.stat().st_size
+    except OSError as ex:
+        log.warning("cannot size the engine path=%s error=%s", engine_path, ex)
+    return total
+
+
+class DfResource:
+    """``GET /engines/df``: disk used by the store and by the engine."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = {
+            "models_disk_usage": self.ctx.store.disk_usage_bytes(),
+            "default_backend_disk_usage": engine_disk_usage(self.ctx.engine_path),
+        }
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = json.dumps(body).encode()
+
+
+class UnloadResource:
+    """``POST /engines/unload``: ``{"all", "backend", "models"}`` -> ``{"unloaded_runners"}``."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json_object(req, example='{"models": ["ai/smollm2"]}', allow_empty=True)
+        unload_all = body.get("all", False)
+        if not isinstance(unload_all, bool):
+            raise InvalidRequestError(f"all must be true or false, got {unload_all!r}", param="all")
+        backend = body.get("backend") or ""
+        if not isinstance(backend, str):
+            raise InvalidRequestError(f"backend must be a string, got {backend!r}", param="backend")
+        models = body.get("models") or []
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise InvalidRequestError(
+                f"models must be a list of model names, got {models!r}", param="models"
+            )
+        count = 0
+        if backend in ("", BACKEND):
+            if unload_all:
+                count = self.ctx.scheduler.unload(all=True)
+            elif models:
+                # DMR resolves each name and ignores the ones that are not local.
+                ids = [record.id for record in map(self.ctx.store.find, models) if record]
+                count = self.ctx.scheduler.unload(model_ids=ids) if ids else 0
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = json.dumps({"unloaded_runners": count}).encode()
+
+
+class ConfigureResource:
+    """``POST /engines[/llama.cpp]/_configure`` (202, then preload); ``GET`` lists settings."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_post(
+        self, req: falcon.Request, resp: falcon.Response, backend: str | None = None
+    ) -> None:
+        check_backend(backend)
+        body = read_json_object(req, example='{"model": "ai/smollm2", "context-size": 8192}')
+        request = parse_configure_request(body)
+        record = resolve_model(self.ctx.store, request.model)
+        self.ctx.scheduler.configure(record, request.settings)
+        resp.status = 202
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.data = b""
+        threading.Thread(
+            target=self._preload,
+            args=(record, request.settings.mode),
+            name=f"preload {record.short_id}",
+            daemon=True,
+        ).start()
+
+    def _preload(self, record: ModelRecord, mode: str) -> None:
+        try:
+            with self.ctx.scheduler.acquire(record, mode):
+                log.info("model preloaded id=%s mode=%s", record.short_id, mode)
+        except OrchestratorError as ex:
+            log.warning("preload failed id=%s mode=%s error=%s", record.short_id, mode, ex.message)
+        except Exception:
+            log.exception("preload failed id=%s mode=%s", record.short_id, mode)
+
+    def on_get(
+        self, req: falcon.Request, resp: falcon.Response, backend: str | None = None
+    ) -> None:
+        check_backend(backend)
+        model = query_string(req, "model")
+        entries: list[dict[str, Any]]
+        if model:
+            record = self.ctx.store.find(model)
+            entries = self.ctx.scheduler.configurations(record.id) if record else []
+        else:
+            entries = self.ctx.scheduler.configurations()
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = json.dumps(entries).encode()
+
+
+def add_routes(app: falcon.App, ctx: ApiContext) -> None:
+    """Register the ``/engines`` management routes."""
+    app.add_route("/engines/status", StatusResource(ctx))
+    app.add_route("/engines/ps", PsResource(ctx))
+    app.add_route("/engines/df", DfResource(ctx))
+    app.add_route("/engines/unload", UnloadResource(ctx))
+    configure = ConfigureResource(ctx)
+    app.add_route("/engines/_configure", configure)
+    app.add_route("/engines/{backend}/_configure", configure)

@@ -1,0 +1,112 @@
+"""Build the Falcon application: wiring only, no behaviour of its own.
+
+``create_app`` runs in the gunicorn worker (never in the master, whose ``waitpid(-1)`` would
+reap our runners): it opens the store, builds and starts the :class:`Scheduler` unless one is
+injected, and wires middleware, the error renderer and the routes. Tests inject a store, a
+scheduler and a registry factory, as Falcon's ``look`` example does.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import falcon
+
+from orchestrator.api import ApiContext, RegistryFactory, add_routes
+from orchestrator.api import errors as api_errors
+from orchestrator.api.middleware import (
+    CORSMiddleware,
+    OriginPolicy,
+    RequestContextMiddleware,
+)
+from orchestrator.api.request_stats import RequestStats
+from orchestrator.engine import find_engine
+from orchestrator.errors import EngineNotFoundError
+
+if TYPE_CHECKING:
+    from orchestrator.config import Config
+    from orchestrator.runners.scheduler import Scheduler
+    from orchestrator.store.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def default_registry_factory(config: Config) -> RegistryFactory:
+    """Return a factory of registry clients configured from ``config``."""
+    from orchestrator.registry.client import RegistryClient
+
+    def make(bearer_token: str | None) -> RegistryClient:
+        return RegistryClient(
+            insecure_registries=config.insecure_registries, bearer_token=bearer_token
+        )
+
+    return make
+
+
+def locate_engine(config: Config) -> tuple[Path | None, str]:
+    """Return the llama-server path, or ``None`` and why it was not found."""
+    try:
+        return find_engine(config.llama_server_path), ""
+    except EngineNotFoundError as ex:
+        log.warning("engine not found: %s", ex.message)
+        return None, ex.message
+
+
+def create_scheduler(config: Config, store: Store, engine_path: Path | None) -> Scheduler:
+    """Build and start the scheduler (spawns nothing until the first request)."""
+    from orchestrator.runners.scheduler import Scheduler
+
+    scheduler = Scheduler(
+        config=config,
+        store=store,
+        # NOTE(api): without an engine the daemon still serves management routes; a runner
+        # start then fails with the engine's path in the error.
+        engine_path=engine_path or Path(config.llama_server_path or "llama-server"),
+        runtime_dir=config.runtime_path,
+        log_dir=config.log_path,
+    )
+    scheduler.start()
+    return scheduler
+
+
+def create_app(
+    config: Config,
+    *,
+    store: Store | None = None,
+    scheduler: Scheduler | None = None,
+    registry_factory: RegistryFactory | None = None,
+) -> falcon.App:
+    """Return the WSGI application.
+
+    Args:
+        config: Effective configuration.
+        store: The model store (default: opened at ``config.store_root``).
+        scheduler: The runner scheduler (default: built and started here).
+        registry_factory: Makes registry clients for push and remote inspect.
+    """
+    if store is None:
+        from orchestrator.store.store import Store
+
+        store = Store(config.store_root)
+    engine_path, engine_error = locate_engine(config)
+    if scheduler is None:
+        scheduler = create_scheduler(config, store, engine_path)
+    ctx = ApiContext(
+        config=config,
+        store=store,
+        scheduler=scheduler,
+        registry_factory=registry_factory or default_registry_factory(config),
+        request_stats=RequestStats(),
+        engine_path=engine_path,
+        engine_error=engine_error,
+    )
+    app = falcon.App(
+        middleware=[RequestContextMiddleware(), CORSMiddleware(OriginPolicy(config.origins))],
+    )
+    app.req_options.keep_blank_qs_values = True
+    app.req_options.strip_url_path_trailing_slash = False
+    api_errors.install(app)
+    add_routes(app, ctx)
+    return app

@@ -1,0 +1,175 @@
+"""Serve the API under gunicorn with fixed settings (house style 3.3).
+
+One gthread worker: ``threads`` = ``max_concurrent_requests`` is the concurrency limit (each
+stream holds a thread), no worker recycling (it would kill every runner), no preloading (the
+app and the :class:`Scheduler` are built in :meth:`DaemonApplication.load`, which runs in the
+worker after the fork: the master's ``waitpid(-1)`` must never see a runner).
+
+Shutdown: on ``SIGTERM`` the master tells the worker to stop; the worker stops accepting and
+lets in-flight requests finish for :data:`DRAIN_SECONDS`. Then our timer cuts the streams still
+open (their clients get an error event), gives llama-server a moment to cancel those tasks (it
+does not honour SIGTERM in the middle of one), and stops every runner; ``worker_exit`` runs the
+same idempotent shutdown as the last word. All of it fits in the master's ``graceful_timeout``.
+
+systemd readiness: gunicorn's arbiter sends ``READY=1`` to ``$NOTIFY_SOCKET`` itself once its
+listeners are bound (20.1 and later), so we add nothing (a worker's message would be dropped
+under systemd's default ``NotifyAccess=main`` anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import psutil
+from gunicorn.app.base import BaseApplication
+
+from orchestrator.logs import setup_logging
+from orchestrator.proxy import abort_streams
+
+if TYPE_CHECKING:
+    from orchestrator.config import Config
+    from orchestrator.runners.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+BRIDGE_INTERFACE = "docker0"
+# In-flight requests get this long after SIGTERM before their runners are stopped.
+DRAIN_SECONDS = 5.0
+# Margin for the worker to leave after the runners are gone, inside the master's deadline.
+_EXIT_MARGIN_SECONDS = 5.0
+# After cutting streams, how long llama-server gets to notice before SIGTERM.
+ABORT_SETTLE_SECONDS = 0.5
+# Unix socket mode 0660: the owner and its group may use the API.
+SOCKET_UMASK = 0o117
+
+
+def default_hosts() -> list[str]:
+    """Return 127.0.0.1 plus the IPv4 address of the ``docker0`` bridge when it exists."""
+    hosts = [DEFAULT_HOST]
+    try:
+        addresses = psutil.net_if_addrs().get(BRIDGE_INTERFACE, [])
+    except OSError as ex:
+        log.warning("cannot list network interfaces error=%s", ex)
+        addresses = []
+    for address in addresses:
+        if address.family == socket.AF_INET and address.address not in hosts:
+            hosts.append(address.address)
+    return hosts
+
+
+def bind_addresses(config: Config) -> list[str]:
+    """Return gunicorn ``bind`` entries: every host on ``config.port``, then the socket."""
+    hosts = list(config.host) or default_hosts()
+    binds = [
+        f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}" for host in hosts
+    ]
+    if config.socket:
+        binds.append(f"unix:{config.socket}")
+    return binds
+
+
+def graceful_timeout_seconds(config: Config) -> float:
+    """Return the master's shutdown deadline: drain, runner grace, exit margin."""
+    return DRAIN_SECONDS + config.stop_grace_seconds + _EXIT_MARGIN_SECONDS
+
+
+class DaemonApplication(BaseApplication):  # type: ignore[misc]
+    """gunicorn application that owns its settings and builds the app in the worker.
+
+    Args:
+        config: Effective configuration.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.scheduler: Scheduler | None = None
+        self._shutdown_lock = threading.Lock()
+        super().__init__()
+
+    def load_config(self) -> None:
+        """Apply the fixed worker settings and the hooks."""
+        settings: dict[str, Any] = {
+            "bind": bind_addresses(self.config),
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": max(1, self.config.max_concurrent_requests),
+            "max_requests": 0,
+            "preload_app": False,
+            "graceful_timeout": math.ceil(graceful_timeout_seconds(self.config)),
+            "keepalive": 5,
+            "umask": SOCKET_UMASK,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": self.config.log_level,
+            "proc_name": "model-runner",
+            "post_worker_init": self._post_worker_init,
+            "worker_exit": self._worker_exit,
+            # gunicorn >= 25.1 opens a control socket by default, through which the worker
+            # count could be changed; one daemon, one worker.
+            "control_socket_disable": True,
+        }
+        for key, value in settings.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Callable[..., Any]:
+        """Build the store, the scheduler and the app (in the worker, after the fork)."""
+        from orchestrator.app import create_app, create_scheduler, locate_engine
+        from orchestrator.store.store import Store
+
+        store = Store(self.config.store_root)
+        engine_path, _ = locate_engine(self.config)
+        self.scheduler = create_scheduler(self.config, store, engine_path)
+        return create_app(self.config, store=store, scheduler=self.scheduler)
+
+    def shutdown_runners(self, reason: str) -> None:
+        """Stop every runner (idempotent; safe from any thread)."""
+        with self._shutdown_lock:
+            scheduler = self.scheduler
+            if scheduler is None:
+                return
+            cut = abort_streams()
+            if cut:
+                # llama-server notices a closed connection at its next token and cancels the
+                # task; SIGTERM in the middle of a task is not honoured until it ends.
+                time.sleep(ABORT_SETTLE_SECONDS)
+            log.info("stopping runners reason=%s streams_cut=%d", reason, cut)
+            scheduler.shutdown()
+
+    def _post_worker_init(self, worker: Any) -> None:
+        """Chain our drain timer onto the worker's SIGTERM handler."""
+        original = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: Any) -> None:
+            if callable(original):
+                original(signum, frame)
+            timer = threading.Timer(DRAIN_SECONDS, self.shutdown_runners, args=("drain over",))
+            timer.daemon = True
+            timer.start()
+
+        signal.signal(signal.SIGTERM, on_term)
+        # As gunicorn does: SIGTERM must not interrupt system calls of active requests.
+        signal.siginterrupt(signal.SIGTERM, False)
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        self.shutdown_runners("worker exit")
+
+
+def run(config: Config) -> int:
+    """Run the daemon in the foreground until it is stopped; return the exit status."""
+    setup_logging(config.log_path, config.log_level)
+    log.info("starting binds=%s store=%s", ",".join(bind_addresses(config)), config.store_root)
+    try:
+        DaemonApplication(config).run()
+    except SystemExit as ex:
+        # The arbiter leaves through sys.exit(): 0 after a clean stop, else its status.
+        return ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
+    return 0

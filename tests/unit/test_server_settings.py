@@ -1,0 +1,47 @@
+"""The daemon's fixed gunicorn settings and listen addresses (nothing is started)."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator import server
+from orchestrator.config import Config
+
+
+def test_bind_addresses_from_hosts_and_socket() -> None:
+    config = Config(port=12434, host=("127.0.0.1", "::1"), socket="/run/dmr.sock")
+    assert server.bind_addresses(config) == ["127.0.0.1:12434", "[::1]:12434", "unix:/run/dmr.sock"]
+
+
+def test_default_hosts_add_the_docker_bridge(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_addrs() -> dict[str, list[object]]:
+        v4 = SimpleNamespace(family=socket.AF_INET, address="172.17.0.1")
+        v6 = SimpleNamespace(family=socket.AF_INET6, address="fe80::1")
+        return {"docker0": [v4, v6], "lo": []}
+
+    monkeypatch.setattr(server.psutil, "net_if_addrs", fake_addrs)
+    assert server.default_hosts() == ["127.0.0.1", "172.17.0.1"]
+    assert server.bind_addresses(Config(port=1)) == ["127.0.0.1:1", "172.17.0.1:1"]
+
+
+def test_default_hosts_without_bridge(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server.psutil, "net_if_addrs", lambda: {"lo": []})
+    assert server.default_hosts() == ["127.0.0.1"]
+
+
+def test_fixed_worker_settings() -> None:
+    config = Config(host=("127.0.0.1",), max_concurrent_requests=7, stop_grace_seconds=2.0)
+    application = server.DaemonApplication(config)
+    cfg = application.cfg
+    assert cfg.workers == 1
+    assert cfg.worker_class_str == "gthread"
+    assert cfg.threads == 7
+    assert cfg.max_requests == 0
+    assert cfg.preload_app is False
+    assert cfg.graceful_timeout >= server.DRAIN_SECONDS + config.stop_grace_seconds
+    assert cfg.settings["worker_exit"].get() == application._worker_exit
+    if "control_socket_disable" in cfg.settings:
+        assert cfg.control_socket_disable is True
