@@ -6,23 +6,33 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 DEFAULT_MODEL_TAGS := ai/smollm2:135M-Q4_1 ai/smollm2:latest
 
-.PHONY: run test deps venv engine model import-default-model lint clean
 
-# System packages the tests need: the registry, htpasswd for its basic-auth variant, curl,
-# ccache to make engine rebuilds fast. Installed only when missing.
-deps:
+.PHONY: run test deps run-deps venv engine model import-default-model lint clean
+
+# Debian packages, installed only when missing. `make run` needs the engine's build tools;
+# `make test` also needs the registry, htpasswd for its basic-auth variant and headless Chromium
+# for the dashboard tests. ccache makes engine rebuilds fast.
+RUN_PACKAGES := cmake:cmake g++:g++ ccache:ccache curl:curl
+TEST_PACKAGES := $(RUN_PACKAGES) docker-registry:docker-registry htpasswd:apache2-utils \
+	chromium:chromium chromedriver:chromium-driver
+
+define install_missing
 	@missing=""; \
-	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
-	command -v htpasswd >/dev/null || missing="$$missing apache2-utils"; \
-	command -v curl >/dev/null || missing="$$missing curl"; \
-	command -v ccache >/dev/null || missing="$$missing ccache"; \
-	command -v cmake >/dev/null || missing="$$missing cmake"; \
-	command -v g++ >/dev/null || missing="$$missing g++"; \
+	for pair in $(1); do \
+		command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "deps: installing$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+run-deps:
+	$(call install_missing,$(RUN_PACKAGES))
+
+deps:
+	$(call install_missing,$(TEST_PACKAGES))
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +52,7 @@ model:
 import-default-model: venv model
 	$(BIN)/model-runner package --gguf "$$(bin/provision-model)" $(DEFAULT_MODEL_TAGS)
 
-run: deps venv engine import-default-model
+run: run-deps venv engine import-default-model
 	LLAMA_SERVER_PATH="$$(bin/provision-engine)" exec $(BIN)/model-runner serve
 
 test: deps venv engine model
@@ -78,3 +88,22 @@ deb-engine:
 # Needs root (or sudo); uses the engine package when `make deb-engine` built one.
 package-test:
 	packaging/package-test.sh
+
+# --- Benchmark: A (llama-server direct), B (this daemon), C (llama-server router) ------------------
+# Scripts in bench/; tables on stdout, bench.json, table.md and charts in bench/results/<mode>/.
+.PHONY: bench bench-quick bench-deps
+BENCH_ARGS ?=
+
+# matplotlib draws the charts: installed into the venv only, and only when missing.
+bench-deps: venv
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet matplotlib
+
+# The full run (about 5 minutes on 2 cores).
+bench: deps venv engine model bench-deps
+	LLAMA_SERVER_PATH="$$(bin/provision-engine)" DMR_TEST_MODEL="$$(bin/provision-model)" \
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The same sections with fewer and shorter rounds (under 3 minutes).
+bench-quick: deps venv engine model bench-deps
+	LLAMA_SERVER_PATH="$$(bin/provision-engine)" DMR_TEST_MODEL="$$(bin/provision-model)" \
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)

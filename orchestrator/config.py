@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import ConfigError
+from orchestrator.memory.sizes import check_reserve, parse_size
 
 DEFAULT_CONFIG_FILE = "/etc/docker-model-runner/config.yaml"
 MiB = 1024 * 1024
@@ -49,6 +50,30 @@ def _to_positive_float(value: object) -> float:
     if number <= 0:
         raise ValueError("expected a number greater than 0")
     return number
+
+
+def _to_non_negative_int(value: object) -> int:
+    number = _to_int(value)
+    if number < 0:
+        raise ValueError("expected a whole number of 0 or more")
+    return number
+
+
+def _to_prompt_cache(value: object) -> int:
+    number = _to_int(value)
+    if number < -1:
+        raise ValueError(
+            "expected a number of MiB, 0 (no prompt cache) or -1 (the engine's default)"
+        )
+    return number
+
+
+def _to_wait(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds < 0:
+        # NOTE(memory): every wait is bounded (house style); "-1" would mean forever here.
+        raise ValueError("expected a duration of 0 or more, such as 10m or 30s")
+    return seconds
 
 
 def _to_bool(value: object) -> bool:
@@ -253,6 +278,73 @@ SETTINGS: tuple[Setting, ...] = (
         "Base URL of the Hugging Face Hub API.",
     ),
     Setting("disable_metrics", False, _to_bool, "DISABLE_METRICS", "Turn off GET /metrics."),
+    Setting(
+        "memory_reserve",
+        "",
+        check_reserve,
+        "DMR_MEMORY_RESERVE",
+        "RAM kept free for the rest of the host: a size (2GiB) or a percentage (10%); "
+        "default the larger of 10% and 1 GiB.",
+    ),
+    Setting(
+        "max_ram",
+        0,
+        parse_size,
+        "DMR_MAX_RAM",
+        "Hard cap on the RAM all runners may use together (4GiB, 512MiB, bytes); 0 = total "
+        "RAM minus the reserve.",
+    ),
+    Setting(
+        "max_vram",
+        0,
+        parse_size,
+        "DMR_MAX_VRAM",
+        "Cap on the GPU memory runners may use on each GPU; 0 = GPU memory minus 512 MiB.",
+    ),
+    Setting(
+        "max_queue",
+        64,
+        _to_non_negative_int,
+        "DMR_MAX_QUEUE",
+        "Requests per model that may wait for a loading or busy runner; more get 429 "
+        "(0 = no limit).",
+    ),
+    Setting(
+        "max_wait",
+        600.0,
+        _to_wait,
+        "DMR_MAX_WAIT",
+        "Longest a request waits for memory or a runner slot before 503 (Go duration).",
+    ),
+    Setting(
+        "max_runners",
+        0,
+        _to_non_negative_int,
+        "DMR_MAX_RUNNERS",
+        "Most runners (engine processes) at once; 0 = the number of CPUs, at most 8.",
+    ),
+    Setting(
+        "min_residency",
+        30.0,
+        _to_wait,
+        "DMR_MIN_RESIDENCY",
+        "How long a started runner stays before it may be evicted for another model.",
+    ),
+    Setting(
+        "default_model",
+        "",
+        _to_str,
+        "DMR_DEFAULT_MODEL",
+        "A model to load again whenever no runner is loaded (empty = none).",
+    ),
+    Setting(
+        "prompt_cache_mib",
+        512,
+        _to_prompt_cache,
+        "DMR_PROMPT_CACHE_MIB",
+        "llama-server's prompt cache (--cache-ram) per runner in MiB, counted in the memory "
+        "estimate; 0 = off, -1 = the engine's default (8 GiB, not counted).",
+    ),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -279,6 +371,15 @@ class Config:
     insecure_registries: tuple[str, ...] = ()
     hf_endpoint: str = "https://huggingface.co"
     disable_metrics: bool = False
+    memory_reserve: str = ""
+    max_ram: int = 0
+    max_vram: int = 0
+    max_queue: int = 64
+    max_wait: float = 600.0
+    max_runners: int = 0
+    min_residency: float = 30.0
+    default_model: str = ""
+    prompt_cache_mib: int = 512
 
     @property
     def store_root(self) -> Path:
@@ -289,6 +390,13 @@ class Config:
     def runtime_path(self) -> Path:
         """Return the directory for runner sockets and pid files."""
         return Path(self.runtime_dir or _default_runtime_dir())
+
+    @property
+    def runner_limit(self) -> int:
+        """Return the most runners at once: ``max_runners``, else the CPU count capped at 8."""
+        if self.max_runners > 0:
+            return self.max_runners
+        return max(min(os.cpu_count() or 1, 8), 1)
 
     @property
     def log_path(self) -> Path:

@@ -247,3 +247,31 @@ class MemoryBusyError(InsufficientMemoryError):
     status = 503
     type = "unavailable_error"
     code = "insufficient_memory"
+
+
+class TooManyRequestsError(OrchestratorError):
+    """Too many requests already wait for this model's runner; retry after ``retry_after`` s.
+
+    ``headers`` holds ``Retry-After`` for the API renderer. The delay is kept in ``details``
+    too, so a copy made from message, param and details keeps it.
+    """
+
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        param: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, param=param, details=details)
+        if retry_after is None:
+            stored = self.details.get("retry_after", 1)
+            retry_after = stored if isinstance(stored, int) else 1
+        self.retry_after = max(int(retry_after), 1)
+        self.details["retry_after"] = self.retry_after
+        self.headers = {"Retry-After": str(self.retry_after)}

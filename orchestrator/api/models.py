@@ -161,7 +161,13 @@ class CreateResource:
                 seen_success = seen_success or event.get("type") == "success"
                 progress(event)
 
-            pull_model(ref, store, config=config, bearer_token=token, progress=report)
+            record = pull_model(ref, store, config=config, bearer_token=token, progress=report)
+            # A model this host can never run is still pulled (it may be pushed or exported),
+            # but the user hears now, not at the first request.
+            never_fits = getattr(self.ctx.scheduler, "never_fits", None)
+            reason = never_fits(record) if never_fits is not None else ""
+            if reason:
+                progress(status_event("warning", reason, "pull"))
             if not seen_success:
                 progress(status_event("success", "Model pulled successfully", "pull"))
 
@@ -276,9 +282,24 @@ class ModelSink:
             with self.ctx.registry_factory(None) as client:
                 body = client.remote_model(target)
         else:
-            body = self.ctx.store.resolve(ref, partial=True).to_api()
+            record = self.ctx.store.resolve(ref, partial=True)
+            body = record.to_api()
+            body["memory"] = self._memory(record)
         resp.content_type = falcon.MEDIA_JSON
         resp.data = json.dumps(body).encode()
+
+    def _memory(self, record: Any) -> dict[str, Any] | None:
+        """Return the memory a runner of ``record`` would need here (``None`` if unknown)."""
+        memory_for = getattr(self.ctx.scheduler, "memory_for", None)
+        if memory_for is None:
+            return None
+        try:
+            return dict(memory_for(record))
+        except OrchestratorError as ex:
+            # NOTE(memory): inspect must not fail on a model whose settings the estimate
+            # rejects (an unknown cache type); the runner start reports that.
+            log.info("no memory estimate for model=%s reason=%s", record.id, ex.message)
+            return None
 
     def delete(self, req: falcon.Request, resp: falcon.Response, ref: str) -> None:
         """``DELETE /models/{ref}[?force=true]``; stops idle runners of a deleted model."""

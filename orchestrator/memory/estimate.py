@@ -156,6 +156,8 @@ class MemoryEstimate:
         gpu_layers: Layers offloaded (0 to n_layer + 1, the output layer counting as one).
         per_token_bytes: Growth of the total per extra context cell; used to suggest a
             context size that would fit.
+        source: ``"estimate"`` (predicted from the GGUF header) or ``"measured"`` (a footprint
+            learned from an earlier run; see ``orchestrator.memory.learned``).
     """
 
     ram: DeviceMemory
@@ -166,6 +168,7 @@ class MemoryEstimate:
     flash_attn: bool
     gpu_layers: int
     per_token_bytes: int
+    source: str = "estimate"
 
     @property
     def ram_bytes(self) -> int:
@@ -221,6 +224,7 @@ class MemoryEstimate:
             "kv_unified": self.kv_unified,
             "flash_attn": self.flash_attn,
             "gpu_layers": self.gpu_layers,
+            "source": self.source,
         }
 
 

@@ -442,6 +442,8 @@ def _shortfall(
 
 
 def _breakdown(need: MemoryEstimate, kind: str) -> str:
+    if need.source == "measured":
+        return "measured when it last ran with these settings"
     part = need.ram if kind == "RAM" else need.vram
     pieces = [
         ("weights", part.weights),

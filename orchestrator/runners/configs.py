@@ -46,6 +46,8 @@ class RunnerSettings:
             never, ``None`` = the daemon's ``keep_alive``.
         mode: ``completion``, ``embedding`` or ``reranking``.
         reasoning_budget: ``--reasoning-budget`` (``llamacpp.reasoning-budget``), if set.
+        pinned: Never evicted to make room for another model (memory, runner count or memory
+            pressure); keep-alive and unload still stop it.
     """
 
     context_size: int | None = None
@@ -53,6 +55,17 @@ class RunnerSettings:
     keep_alive: float | None = None
     mode: str = "completion"
     reasoning_budget: int | None = None
+    pinned: bool = False
+
+    def same_process(self, other: RunnerSettings | None) -> bool:
+        """Return whether a runner started with ``other`` has the command line these give.
+
+        ``keep_alive`` and ``pinned`` are scheduling policy: changing them needs no restart.
+        """
+        if other is None:
+            return False
+        policy = {"keep_alive": None, "pinned": False}
+        return dataclasses.replace(self, **policy) == dataclasses.replace(other, **policy)
 
     def to_api(self) -> dict[str, Any]:
         """Return the ``Config`` object of a ``GET /engines/_configure`` entry."""
@@ -65,6 +78,8 @@ class RunnerSettings:
             body["keep_alive"] = format_duration(self.keep_alive)
         if self.reasoning_budget is not None:
             body["llamacpp"] = {"reasoning-budget": self.reasoning_budget}
+        if self.pinned:
+            body["pinned"] = True
         return body
 
     def to_json(self) -> dict[str, Any]:
@@ -75,6 +90,7 @@ class RunnerSettings:
             "runtime_flags": list(self.runtime_flags),
             "keep_alive": self.keep_alive,
             "reasoning_budget": self.reasoning_budget,
+            "pinned": self.pinned,
         }
 
     @classmethod
@@ -97,6 +113,7 @@ class RunnerSettings:
             keep_alive=None if keep_alive is None else float(keep_alive),
             mode=mode,
             reasoning_budget=None if budget is None else int(budget),
+            pinned=data.get("pinned") is True,
         )
 
 
@@ -187,8 +204,9 @@ def parse_configure_request(body: object) -> ConfigureRequest:
 
     Keys: ``model`` (required), ``mode``, ``context-size``, ``runtime-flags`` (wins over)
     ``raw-runtime-flags`` (shell words), ``keep_alive`` (Go duration, ``"0"``, ``"-1"``),
-    ``llamacpp.reasoning-budget``. The mode defaults to ``completion``, or ``embedding`` when
-    the flags hold ``--embeddings``. Unknown keys and ``vllm`` are ignored, as DMR does.
+    ``llamacpp.reasoning-budget``, ``pinned`` (ours: never evicted for another model). The
+    mode defaults to ``completion``, or ``embedding`` when the flags hold ``--embeddings``.
+    Unknown keys and ``vllm`` are ignored, as DMR does.
 
     Raises:
         InvalidRequestError: A value is missing, of the wrong type or not allowed.
@@ -226,12 +244,18 @@ def parse_configure_request(body: object) -> ConfigureRequest:
             budget = _parse_int(
                 llamacpp["reasoning-budget"], "reasoning-budget", "a whole number of tokens"
             )
+    pinned = body.get("pinned", False)
+    if pinned is None:
+        pinned = False
+    if not isinstance(pinned, bool):
+        raise InvalidRequestError(f"pinned must be true or false, got {pinned!r}", param="pinned")
     settings = RunnerSettings(
         context_size=_parse_context_size(body.get("context-size")),
         runtime_flags=flags,
         keep_alive=_parse_keep_alive(body.get("keep_alive")),
         mode=str(mode),
         reasoning_budget=budget,
+        pinned=pinned,
     )
     return ConfigureRequest(model=model.strip(), settings=settings)
 

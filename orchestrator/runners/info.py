@@ -17,6 +17,8 @@ from orchestrator.config import format_duration
 from orchestrator.runners.llamacpp import BundleLike
 
 if TYPE_CHECKING:
+    from orchestrator.memory.footprint import Footprint
+    from orchestrator.runners.admission import RunnerPlan
     from orchestrator.runners.configs import RunnerSettings
 
 BACKEND_NAME = "llama.cpp"
@@ -99,12 +101,14 @@ def ps_entry(
     last_used: float | None,
     keep_alive: float,
     info: RunnerInfo | None,
+    memory: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return one ``GET /engines/ps`` entry.
 
     DMR's shape: ``in_use``/``loading`` only when true; ``last_used`` (RFC3339) is the zero
     time while in use or loading. Ours always shows the effective ``keep_alive`` and adds
-    ``pid``, ``context_size`` and ``socket`` (``None`` while the process is being created).
+    ``pid``, ``context_size`` and ``socket`` (``None`` while the process is being created),
+    and ``memory`` (:func:`memory_entry`) when given.
     """
     entry: dict[str, Any] = {
         "backend_name": BACKEND_NAME,
@@ -124,7 +128,36 @@ def ps_entry(
     entry["pid"] = info.pid if info is not None else None
     entry["context_size"] = info.context_size if info is not None else None
     entry["socket"] = info.socket_path if info is not None else None
+    if memory is not None:
+        entry["memory"] = memory
     return entry
+
+
+def memory_entry(
+    plan: RunnerPlan | None, measured: Footprint | None, peak_rss: int, pinned: bool
+) -> dict[str, Any]:
+    """Return the ``memory`` object of a ps entry or a model inspect (bytes).
+
+    ``estimate``: the breakdown predicted from the GGUF header for this runner's arguments;
+    ``measured``: the latest measurement (``rss``, ``file``, ``anon``, ``vram``) and the peak
+    RSS, ``None`` until measured; ``admitted_with``: what admission counted (``source`` is
+    ``measured`` when an earlier run's footprint replaced the estimate); ``pinned``.
+    """
+    body: dict[str, Any] = {
+        "estimate": plan.estimate.to_dict() if plan is not None else None,
+        "measured": None,
+        "admitted_with": None,
+        "pinned": pinned,
+    }
+    if measured is not None:
+        body["measured"] = {**measured.to_dict(), "peak_rss": max(peak_rss, measured.rss_bytes)}
+    if plan is not None:
+        body["admitted_with"] = {
+            "ram": plan.need.ram_bytes,
+            "vram": plan.need.vram_bytes,
+            "source": plan.need.source,
+        }
+    return body
 
 
 def configuration_entry(model: str, model_id: str, settings: RunnerSettings) -> dict[str, Any]:

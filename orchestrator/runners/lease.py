@@ -8,6 +8,7 @@ lock; only the scheduler changes them.
 from __future__ import annotations
 
 import threading
+import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -16,6 +17,8 @@ from orchestrator.runners.info import RunnerInfo
 from orchestrator.runners.process import RunnerProcess
 
 if TYPE_CHECKING:
+    from orchestrator.memory.footprint import Footprint
+    from orchestrator.runners.admission import RunnerPlan
     from orchestrator.runners.scheduler import Scheduler
 
 
@@ -39,6 +42,17 @@ class RunnerEntry:
         self.last_used: float | None = None  # wall clock, for display
         self.idle_since: float | None = None  # monotonic, for the keep-alive deadline
         self.removed = False
+        # Memory and eviction policy (see orchestrator.runners.policy).
+        self.plan: RunnerPlan | None = None
+        self.pinned = False
+        self.default_model = False
+        self.slots = 1
+        self.started = time.monotonic()  # reset when ready; min residency counts from it
+        self.last_used_mono = self.started  # LRU order for evictions
+        self.measured: Footprint | None = None
+        self.peak_rss = 0
+        self.peak_vram = 0
+        self.measured_at: float | None = None  # monotonic, rate-limits measurements
 
     @property
     def label(self) -> str:

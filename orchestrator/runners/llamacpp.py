@@ -29,6 +29,13 @@ MODES: tuple[str, ...] = ("completion", "embedding", "reranking")
 BASE_ARGS: tuple[str, ...] = ("-ngl", "999", "--metrics", "--no-webui")
 """Arguments every runner gets first (DMR's ``-ngl 999 --metrics`` plus ``--no-webui``)."""
 
+DEFAULT_PROMPT_CACHE_MIB = 512
+"""``--cache-ram`` given to every runner unless configured (``Config.prompt_cache_mib``).
+
+llama-server's own default is 8192 MiB: an idle runner that has served many prompts grows by up
+to 8 GiB of saved prompt state, which no admission decision could foresee. An explicit, smaller
+limit keeps the runner's footprint what the memory estimate says it is."""
+
 # GGUF `<arch>.pooling_type` values (llama.h `enum llama_pooling_type`); 0 = none is not usable
 # for OpenAI-shaped embeddings, so it falls back to mean like a missing key does.
 _POOLING_NAMES: dict[str, str] = {"1": "mean", "2": "cls", "3": "last", "4": "rank"}
@@ -201,14 +208,16 @@ def build_argv(
     socket_path: str | Path,
     settings: RunnerSettings | None = None,
     default_context_size: int = 4096,
+    prompt_cache_mib: int = DEFAULT_PROMPT_CACHE_MIB,
 ) -> list[str]:
     """Return the llama-server argv for one runner.
 
     Order: engine, :data:`BASE_ARGS`, ``--model``, ``--host <socket>``, mode arguments
     (completion: ``--chat-template-file`` when the bundle has a template; embedding:
     ``--embeddings --pooling <model's or mean>``; reranking: ``--embeddings --reranking``),
-    ``--reasoning-budget`` when configured, ``--ctx-size``, the configured runtime flags
-    (verbatim, so they win over anything before them), then ``--mmproj <file>`` or ``--jinja``.
+    ``--reasoning-budget`` when configured, ``--ctx-size``, ``--cache-ram`` (unless
+    ``prompt_cache_mib`` is -1), the configured runtime flags (verbatim, so they win over
+    anything before them), then ``--mmproj <file>`` or ``--jinja``.
 
     Args:
         engine_path: The llama-server executable.
@@ -217,6 +226,8 @@ def build_argv(
         socket_path: Unix socket the runner serves HTTP on.
         settings: ``_configure`` settings for this model and mode, if any.
         default_context_size: ``Config.default_context_size``.
+        prompt_cache_mib: ``Config.prompt_cache_mib``: ``--cache-ram`` in MiB; 0 turns the
+            prompt cache off; -1 leaves the flag out (the engine's default).
 
     Raises:
         InvalidRequestError: ``mode`` is not one of :data:`MODES`.
@@ -242,6 +253,8 @@ def build_argv(
         argv += ["--reasoning-budget", str(settings.reasoning_budget)]
     context_size = context_size_for(bundle.config, settings, default_context_size)
     argv += ["--ctx-size", str(context_size)]
+    if prompt_cache_mib >= 0:
+        argv += ["--cache-ram", str(prompt_cache_mib)]
     argv += flags
     if bundle.mmproj_path is not None:
         argv += ["--mmproj", str(bundle.mmproj_path)]

@@ -1,4 +1,4 @@
-"""The scheduler: one runner per (model ID, mode), leases, idle keep-alive, shutdown.
+"""The scheduler: one runner per (model ID, mode), admission, leases, eviction, shutdown.
 
 One :class:`Scheduler` in the gunicorn worker owns every llama-server child. Its lock guards the
 runner table and is never held across a spawn, a readiness wait or a stop (DMR's "loading
@@ -6,11 +6,19 @@ reservation"): the first request for a key puts a loading entry in the table and
 process outside the lock; concurrent requests for the same key find the entry and wait on its
 ``done`` event with the same deadline, so eight simultaneous first requests start one process.
 
+Admission (before an entry is created, under the lock): the runner's need — its footprint
+learned from an earlier run with the same argv, else the estimate from the GGUF header — is
+checked by the :class:`~orchestrator.memory.guard.MemoryGuard` against every resident runner,
+loading ones included. It fits; or idle runners are evicted least recently used first (never
+leased, loading, pinned or younger than ``min_residency``); or the request waits, at most
+``max_wait``, for busy runners to finish (then 503); or it can never fit (507 at once, before any
+process starts). ``max_runners`` caps the engines the same way. At most ``max_queue`` requests
+per model wait; more get 429 with ``Retry-After``.
+
 A :class:`Lease` holds a reference on a runner; at zero references the idle clock starts. The
-scheduler's reaper thread wakes at the next idle deadline (at most every few seconds, and at
-once when a lease is released or a runner exits), stops runners idle longer than their
-keep-alive and drops runners whose process exited on its own; the next request for that key
-starts a fresh one.
+reaper thread stops runners idle longer than their keep-alive; the pressure thread
+(:mod:`~orchestrator.runners.pressure`) evicts idle runners when free memory stays under the
+reserve, and reloads ``default_model`` when nothing is loaded.
 """
 
 from __future__ import annotations
@@ -18,38 +26,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from orchestrator import logs
 from orchestrator.config import Config, format_duration
 from orchestrator.errors import (
-    ConflictError,
     InvalidRequestError,
     OrchestratorError,
     RunnerStartError,
     RunnerTimeoutError,
     ServiceUnavailableError,
 )
-from orchestrator.runners.configs import (
-    CONFIG_FILE_NAME,
-    RunnerConfigStore,
-    RunnerSettings,
-)
-from orchestrator.runners.info import (
-    BACKEND_NAME,
-    RecordLike,
-    RunnerInfo,
-    StoreLike,
-    configuration_entry,
-    id_matches,
-    ps_entry,
-    short_id,
-)
+from orchestrator.runners import policy
+from orchestrator.runners.admission import SOCKET_PLACEHOLDER, RunnerMemory
+from orchestrator.runners.configs import CONFIG_FILE_NAME, RunnerConfigStore
+from orchestrator.runners.eviction import AdmissionMixin, Prepared
+from orchestrator.runners.info import BACKEND_NAME, RecordLike, RunnerInfo, StoreLike, short_id
 from orchestrator.runners.launcher import Launcher
 from orchestrator.runners.lease import Lease, RunnerEntry, copy_error
 from orchestrator.runners.llamacpp import MODES, build_argv, context_size_for
+from orchestrator.runners.management import ManagementMixin
+from orchestrator.runners.pressure import PressureSampler
 from orchestrator.runners.process import RunnerProcess, stop_processes
 from orchestrator.runners.state import RunnerState
 from orchestrator.runners.stats import RunnerStats
@@ -63,9 +61,13 @@ log = logging.getLogger(__name__)
 REAPER_MAX_SLEEP_SECONDS = 5.0
 CRASH_CHECK_SECONDS = 0.5
 """How long :meth:`Lease.report_crash` waits for the process exit to be observed."""
+ADMISSION_POLL_SECONDS = 1.0
+"""A waiting request re-checks at least this often: other processes may free memory unseen."""
+MEASURE_INTERVAL_SECONDS = 10.0
+"""A runner is measured after serving at most this often."""
 
 
-class Scheduler:
+class Scheduler(AdmissionMixin, ManagementMixin):
     """Owner of every llama-server runner of this daemon process."""
 
     def __init__(
@@ -78,17 +80,21 @@ class Scheduler:
         log_dir: Path,
         stats: RunnerStats | None = None,
         configs: RunnerConfigStore | None = None,
+        memory: RunnerMemory | None = None,
+        pressure_interval: float | None = None,
     ) -> None:
-        """Create the scheduler; :meth:`start` sweeps leftovers and starts the reaper.
+        """Create the scheduler; :meth:`start` sweeps leftovers and starts its threads.
 
         Args:
-            config: Daemon settings (keep-alive, timeouts, default context size).
+            config: Daemon settings (keep-alive, timeouts, memory limits, queue bounds).
             store: The model store (bundles; models for ``configurations``).
             engine_path: The llama-server executable.
             runtime_dir: Runtime directory; sockets and pid files go in ``<it>/runners``.
             log_dir: Directory for the engine logs.
             stats: Counters for ``/metrics`` (default: a new :class:`RunnerStats`).
             configs: Settings store (default: ``<store root>/runner-configs.json``).
+            memory: Memory policy (default: from ``config``, learned footprints in the store).
+            pressure_interval: Seconds between pressure samples (default 2; tests shorten it).
         """
         self._config = config
         self._store = store
@@ -99,20 +105,38 @@ class Scheduler:
         self.configs = configs if configs is not None else RunnerConfigStore(
             Path(store.root) / CONFIG_FILE_NAME
         )
+        self.memory = memory if memory is not None else RunnerMemory.from_config(
+            config, Path(store.root)
+        )
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._runners: dict[tuple[str, str], RunnerEntry] = {}
+        self._stopping: list[RunnerEntry] = []  # evicted, process not reaped yet
+        self._waiting: dict[tuple[str, str], int] = {}  # requests waiting for admission
+        self._names: dict[tuple[str, str], str] = {}
+        self._settle_until = 0.0
+        self._empty_since: float | None = None
+        self._default_loader: threading.Thread | None = None
+        self._default_failed_at: float | None = None
         self._launcher = Launcher()
         self._sequence = 0
         self._closed = False
         self._started = False
         self._start_lock = threading.Lock()
         self._reaper: threading.Thread | None = None
+        sampler_args = {} if pressure_interval is None else {"interval": pressure_interval}
+        self._sampler = PressureSampler(
+            deficit=self.memory.deficit,
+            on_pressure=self._evict_for_pressure,
+            on_tick=self._load_default_model_if_idle,
+            **sampler_args,
+        )
+        self.stats.watch_queue(self.queue_depths)
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Kill runners a previous daemon left behind, then start the reaper (idempotent)."""
+        """Kill runners a previous daemon left behind, then start the threads (idempotent)."""
         with self._start_lock:
             if self._started:
                 return
@@ -124,6 +148,7 @@ class Scheduler:
                 target=self._reap_loop, name="runner-scheduler-reaper", daemon=True
             )
             self._reaper.start()
+            self._sampler.start()
             self._started = True
 
     def shutdown(self, grace_seconds: float | None = None) -> None:
@@ -143,23 +168,33 @@ class Scheduler:
             log.info("stopping runners count=%d grace=%.1fs", len(victims), grace)
         self._stop_runners(victims, grace)
         if not already:
+            self._sampler.stop()
             if self._reaper is not None:
                 self._reaper.join(REAPER_MAX_SLEEP_SECONDS)
+            loader = self._default_loader
+            if loader is not None:
+                loader.join(REAPER_MAX_SLEEP_SECONDS)
             self._launcher.close()
+            self.memory.close()
 
     # --- leases ----------------------------------------------------------------------------
 
     def acquire(self, record: RecordLike, mode: str) -> Lease:
         """Return a lease on a READY runner for ``record`` in ``mode``, starting one if needed.
 
-        Blocks until the runner is ready or ``load_timeout_seconds`` pass. Concurrent calls
-        for the same model and mode share one start.
+        Blocks while admission waits for memory or a runner slot (at most ``max_wait``) and
+        until the runner is ready (at most ``load_timeout_seconds``). Concurrent calls for the
+        same model and mode share one start.
 
         Raises:
             InvalidRequestError: ``mode`` is unknown.
+            InsufficientMemoryError: It does not fit (507), or busy runners hold the memory
+                past ``max_wait`` (``MemoryBusyError``, 503).
+            TooManyRequestsError: ``max_queue`` requests already wait for this model (429).
             RunnerStartError: llama-server exited while loading (log tail in details).
             RunnerTimeoutError: It was not ready in time (and was stopped).
-            ServiceUnavailableError: The scheduler is shut down.
+            ServiceUnavailableError: The scheduler is shut down, or every runner slot stayed
+                busy past ``max_wait``.
         """
         if mode not in MODES:
             raise InvalidRequestError(
@@ -168,47 +203,105 @@ class Scheduler:
             )
         if not self._started:
             self.start()
-        deadline = time.monotonic() + self._config.load_timeout_seconds
-        key = (record.id, mode)
-        with self._cond:
-            self._check_open()
-            runner = self._runners.get(key)
-            if runner is not None and runner.is_defunct:
-                self._drop_defunct_locked(runner)
-                runner = None
-            owner = runner is None
-            if runner is None:
-                self._sequence += 1
-                runner = RunnerEntry(
-                    runner_id=f"{mode[0]}{self._sequence}-{short_id(record.id)[:8]}",
-                    model_id=record.id,
-                    model_name=familiar_name(record.tags[0]) if record.tags else record.id,
-                    mode=mode,
-                )
-                self._runners[key] = runner
-            runner.refcount += 1
-            runner.idle_since = None
-        if owner:
-            self._start_runner(runner, record, deadline)
-            return Lease(self, runner)
-        return self._wait_for_start(runner, deadline)
+        return self._acquire(record, mode)
 
-    def _start_runner(self, runner: RunnerEntry, record: RecordLike, deadline: float) -> None:
-        """Spawn and wait for ``runner`` (the caller owns its start); raise on failure."""
+    def _acquire(self, record: RecordLike, mode: str, *, default_model: bool = False) -> Lease:
+        key = (record.id, mode)
+        name = familiar_name(record.tags[0]) if record.tags else record.id
+        began = time.monotonic()
+        admit_deadline = began + self._config.max_wait
+        prepared: Prepared | None = None
+        victims: list[RunnerEntry] = []
+        waiting = False
+        try:
+            while True:
+                with self._cond:
+                    self._check_open()
+                    self._names[key] = name
+                    runner = self._live_runner_locked(key)
+                    if runner is not None:
+                        if not waiting and policy.must_wait(runner):
+                            self._check_queue_locked(key, name)
+                        runner.refcount += 1
+                        runner.idle_since = None
+                        owner = False
+                        break
+                    if prepared is not None:
+                        admitted = self._admit_locked(key, name, prepared, default_model)
+                        if isinstance(admitted, tuple):
+                            runner, victims = admitted
+                            owner = True
+                            break
+                        if not admitted.may_wait or time.monotonic() >= admit_deadline:
+                            self._refuse(admitted, name)
+                        if not waiting:
+                            self._check_queue_locked(key, name)
+                            self._waiting[key] = self._waiting.get(key, 0) + 1
+                            waiting = True
+                        remaining = admit_deadline - time.monotonic()
+                        self._cond.wait(min(max(remaining, 0.0), ADMISSION_POLL_SECONDS))
+                        # Settings or learned footprints may have changed meanwhile.
+                        prepared = None
+                        continue
+                # Outside the lock: reading the GGUF header and the settings file.
+                prepared = self._prepare(record, mode)
+        except BaseException:
+            if waiting:
+                self.stats.observe_wait(name, time.monotonic() - began)
+            raise
+        finally:
+            if waiting:
+                with self._cond:
+                    self._waiting[key] -= 1
+                    if not self._waiting[key]:
+                        del self._waiting[key]
+        deadline = time.monotonic() + self._config.load_timeout_seconds
+        if owner:
+            if waiting:
+                self.stats.observe_wait(name, time.monotonic() - began)
+            assert prepared is not None
+            self._start_runner(runner, record, prepared, victims, deadline)
+            return Lease(self, runner)
+        return self._wait_for_start(runner, deadline, name, began if waiting else None)
+
+    def _prepare(self, record: RecordLike, mode: str) -> Prepared:
+        settings = self.configs.get(record.id, mode)
+        bundle = self._store.bundle(record)
+        argv = build_argv(
+            engine_path=self._engine_path,
+            bundle=bundle,
+            mode=mode,
+            socket_path=SOCKET_PLACEHOLDER,
+            settings=settings,
+            default_context_size=self._config.default_context_size,
+            prompt_cache_mib=self._config.prompt_cache_mib,
+        )
+        return Prepared(settings, bundle, self.memory.plan(record.id, bundle, argv))
+
+    def _live_runner_locked(self, key: tuple[str, str]) -> RunnerEntry | None:
+        runner = self._runners.get(key)
+        if runner is not None and runner.is_defunct:
+            self._drop_defunct_locked(runner)
+            return None
+        return runner
+
+    def _start_runner(
+        self,
+        runner: RunnerEntry,
+        record: RecordLike,
+        prepared: Prepared,
+        victims: list[RunnerEntry],
+        deadline: float,
+    ) -> None:
+        """Stop the victims, then spawn and wait for ``runner`` (the caller owns its start)."""
         process: RunnerProcess | None = None
         try:
-            settings = self.configs.get(runner.model_id, runner.mode)
-            bundle = self._store.bundle(record)
+            if victims:
+                self._finish_evictions(victims)
+            settings = prepared.settings
             socket_path = self._runners_dir / f"{runner.runner_id}.sock"
             log_path = logs.engine_log_path(self._log_dir, short_id(runner.model_id), runner.mode)
-            argv = build_argv(
-                engine_path=self._engine_path,
-                bundle=bundle,
-                mode=runner.mode,
-                socket_path=socket_path,
-                settings=settings,
-                default_context_size=self._config.default_context_size,
-            )
+            argv = [str(socket_path) if w == SOCKET_PLACEHOLDER else w for w in prepared.plan.argv]
             process = RunnerProcess(
                 runner_id=runner.runner_id,
                 label=runner.label,
@@ -220,9 +313,9 @@ class Scheduler:
                 on_exit=self._on_process_exit,
             )
             context_size = context_size_for(
-                bundle.config, settings, self._config.default_context_size
+                prepared.bundle.config, settings, self._config.default_context_size
             )
-            keep_alive = self._config.keep_alive
+            keep_alive = -1.0 if runner.default_model else self._config.keep_alive
             if settings is not None and settings.keep_alive is not None:
                 keep_alive = settings.keep_alive
             with self._cond:
@@ -233,6 +326,7 @@ class Scheduler:
                 runner.keep_alive = keep_alive
             process.spawn()
             self.stats.record_start()
+            self.stats.set_memory(runner.model_name, runner.mode, prepared.plan.estimate.ram_bytes)
             runner.info = RunnerInfo(
                 runner_id=runner.runner_id,
                 model_id=runner.model_id,
@@ -245,59 +339,94 @@ class Scheduler:
             )
             elapsed = process.wait_ready(deadline, grace_seconds=self._config.stop_grace_seconds)
             self.stats.observe_load(elapsed)
+            self._measure(runner, ready=True)
             with self._cond:
                 self._check_open()
                 runner.loading = False
+                # The minimum residency counts from ready: a slow load is not residency.
+                runner.started = runner.last_used_mono = time.monotonic()
+                self._cond.notify_all()
         except BaseException as ex:
-            failure = ex
-            if isinstance(ex, OrchestratorError) and self._closed:
-                failure = ServiceUnavailableError(
-                    "the daemon is shutting down; retry the request after it restarts"
-                )
-            if isinstance(ex, RunnerTimeoutError):
-                self.stats.record_start_failure("timeout")
-            elif isinstance(ex, RunnerStartError) and not self._closed:
-                self.stats.record_start_failure("error")
-            with self._cond:
-                runner.refcount -= 1
-                runner.loading = False
-                runner.error = (
-                    failure
-                    if isinstance(failure, OrchestratorError)
-                    else RunnerStartError(f"cannot start the runner for {runner.label}: {ex!r}")
-                )
-                if self._runners.get(runner.key) is runner:
-                    del self._runners[runner.key]
-                runner.removed = True
-            runner.done.set()
-            if process is not None and not process.exited.is_set():
-                process.stop(self._config.stop_grace_seconds)
+            self._start_failed(runner, process, ex)
+            failure = self._start_failure(ex)
             if failure is ex:
                 raise
             raise failure from ex
         runner.done.set()
 
-    def _wait_for_start(self, runner: RunnerEntry, deadline: float) -> Lease:
-        if runner.done.wait(max(0.0, deadline - time.monotonic())):
-            if runner.error is None:
-                return Lease(self, runner)
-            with self._cond:
-                runner.refcount -= 1
-            raise copy_error(runner.error)
+    def _start_failure(self, ex: BaseException) -> BaseException:
+        if isinstance(ex, OrchestratorError) and self._closed:
+            return ServiceUnavailableError(
+                "the daemon is shutting down; retry the request after it restarts"
+            )
+        return ex
+
+    def _start_failed(
+        self, runner: RunnerEntry, process: RunnerProcess | None, ex: BaseException
+    ) -> None:
+        failure = self._start_failure(ex)
+        if isinstance(ex, RunnerTimeoutError):
+            self.stats.record_start_failure("timeout")
+        elif isinstance(ex, RunnerStartError) and not self._closed:
+            self.stats.record_start_failure("error")
         with self._cond:
             runner.refcount -= 1
-        raise RunnerTimeoutError(
-            f"runner for {runner.label} was not ready within "
-            f"{self._config.load_timeout_seconds:.0f}s; retry later or raise load_timeout_seconds",
-        )
+            runner.loading = False
+            runner.error = (
+                failure
+                if isinstance(failure, OrchestratorError)
+                else RunnerStartError(f"cannot start the runner for {runner.label}: {ex!r}")
+            )
+            if self._runners.get(runner.key) is runner:
+                del self._runners[runner.key]
+            runner.removed = True
+            self.stats.clear_memory(runner.model_name, runner.mode)
+            self._cond.notify_all()
+        runner.done.set()
+        if process is not None and not process.exited.is_set():
+            process.stop(self._config.stop_grace_seconds)
+
+    def _wait_for_start(
+        self, runner: RunnerEntry, deadline: float, name: str, waited_since: float | None
+    ) -> Lease:
+        began = time.monotonic() if waited_since is None else waited_since
+        # A request counts as having waited if admission held it or the runner was loading.
+        waits = waited_since is not None or not runner.done.is_set()
+        try:
+            if runner.done.wait(max(0.0, deadline - time.monotonic())):
+                if runner.error is None:
+                    return Lease(self, runner)
+                with self._cond:
+                    runner.refcount -= 1
+                raise copy_error(runner.error)
+            with self._cond:
+                runner.refcount -= 1
+            raise RunnerTimeoutError(
+                f"runner for {runner.label} was not ready within "
+                f"{self._config.load_timeout_seconds:.0f}s; retry later or raise "
+                f"load_timeout_seconds",
+            )
+        finally:
+            if waits:
+                self.stats.observe_wait(name, time.monotonic() - began)
 
     def _release(self, runner: RunnerEntry) -> None:
+        now = time.monotonic()
+        measure = False
         with self._cond:
             runner.refcount -= 1
             if runner.refcount == 0:
                 runner.last_used = time.time()
-                runner.idle_since = time.monotonic()
-                self._cond.notify_all()
+                runner.idle_since = now
+                runner.last_used_mono = now
+            if not runner.removed and not runner.loading and (
+                runner.measured_at is None or now - runner.measured_at >= MEASURE_INTERVAL_SECONDS
+            ):
+                runner.measured_at = now
+                measure = True
+            self._cond.notify_all()
+        if measure:
+            self._measure(runner, ready=False)
 
     def _check_crash(self, runner: RunnerEntry) -> None:
         process = runner.process
@@ -320,6 +449,7 @@ class Scheduler:
     def _remove_locked(self, runner: RunnerEntry, reason: str) -> None:
         if self._runners.get(runner.key) is runner:
             del self._runners[runner.key]
+            self.stats.clear_memory(runner.model_name, runner.mode)
         if not runner.removed:
             runner.removed = True
             if runner.process is not None and not runner.loading:
@@ -367,6 +497,7 @@ class Scheduler:
                             format_duration(runner.keep_alive),
                         )
                         self._remove_locked(runner, "idle")
+                        self.stats.record_eviction("idle")
                         victims.append(runner)
                     else:
                         next_due = min(next_due, due)
@@ -377,98 +508,9 @@ class Scheduler:
                 self._stop_runners(victims, self._config.stop_grace_seconds)
             except Exception:  # the reaper must survive a bug in one stop
                 log.exception("stopping idle runners failed")
+            with self._cond:
+                self._cond.notify_all()
 
     def _stop_runners(self, runners: Iterable[RunnerEntry], grace_seconds: float) -> None:
         stop_processes([r.process for r in runners if r.process is not None], grace_seconds)
 
-    # --- management API --------------------------------------------------------------------
-
-    def ps(self) -> list[dict[str, Any]]:
-        """Return ``GET /engines/ps`` entries (DMR's fields plus pid, context_size, socket)."""
-        with self._cond:
-            runners = sorted(
-                (r for r in self._runners.values() if not r.is_defunct),
-                key=lambda r: (r.model_name, r.mode),
-            )
-            return [
-                ps_entry(
-                    model_name=runner.model_name,
-                    mode=runner.mode,
-                    in_use=runner.refcount > 0,
-                    loading=runner.loading,
-                    last_used=runner.last_used,
-                    keep_alive=runner.keep_alive if runner.process else self._config.keep_alive,
-                    info=runner.info,
-                )
-                for runner in runners
-            ]
-
-    def active_runners(self) -> list[RunnerInfo]:
-        """Return the READY runners (for ``/metrics`` aggregation)."""
-        with self._cond:
-            return [
-                runner.info
-                for runner in self._runners.values()
-                if runner.info is not None and not runner.loading and not runner.is_defunct
-            ]
-
-    def unload(self, *, model_ids: Sequence[str] = (), all: bool = False) -> int:
-        """Stop idle runners of the given models (or all); return how many were stopped.
-
-        Runners with leases or still loading are never unloaded (DMR's rule). Settings stored
-        by :meth:`configure` are kept. ``model_ids`` are full or short model IDs.
-        """
-        with self._cond:
-            victims = [
-                runner
-                for runner in self._runners.values()
-                if (all or any(id_matches(runner.model_id, wanted) for wanted in model_ids))
-                and runner.refcount == 0
-                and not runner.loading
-            ]
-            for runner in victims:
-                self._remove_locked(runner, "unload")
-        self._stop_runners(victims, self._config.stop_grace_seconds)
-        return len(victims)
-
-    def configure(self, record: RecordLike, settings: RunnerSettings) -> None:
-        """Store ``settings`` for ``record`` in ``settings.mode``; restart an idle runner.
-
-        The settings persist across unload and daemon restarts. An idle runner of that key
-        is stopped so the next request starts with the new arguments.
-
-        Raises:
-            ConflictError: A runner for that model and mode is loading or serving requests.
-            StoreError: The settings file cannot be written.
-        """
-        key = (record.id, settings.mode)
-        victim: RunnerEntry | None = None
-        with self._cond:
-            runner = self._runners.get(key)
-            if runner is not None and not runner.is_defunct and (runner.refcount or runner.loading):
-                raise ConflictError(
-                    f"runner for {runner.label} is active; retry when its requests have finished"
-                )
-            changed = self.configs.put(record.id, settings)
-            if changed and runner is not None:
-                self._remove_locked(runner, "configure")
-                victim = runner
-        if victim is not None:
-            log.info("runner restarts with new settings id=%s", victim.runner_id)
-            self._stop_runners([victim], self._config.stop_grace_seconds)
-
-    def configurations(self, model_id: str | None = None) -> list[dict[str, Any]]:
-        """Return ``GET /engines/_configure`` entries (capitalised keys, as DMR's).
-
-        Entries of models no longer in the store are left out.
-        """
-        entries = []
-        for stored_id, settings in self.configs.items():
-            if model_id is not None and not id_matches(stored_id, model_id):
-                continue
-            record = self._store.find(stored_id)
-            if record is None:
-                continue
-            model = record.tags[0] if record.tags else stored_id
-            entries.append(configuration_entry(model, stored_id, settings))
-        return entries

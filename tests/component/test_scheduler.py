@@ -106,7 +106,10 @@ def make_scheduler(
     made: list[Scheduler] = []
 
     def make(**overrides: Any) -> Scheduler:
-        settings: dict[str, Any] = {"load_timeout_seconds": 10.0, "stop_grace_seconds": 2.0}
+        # Several runners at once on a 2-CPU machine: lift the CPU-based runner cap.
+        settings: dict[str, Any] = {
+            "load_timeout_seconds": 10.0, "stop_grace_seconds": 2.0, "max_runners": 8,
+        }
         settings.update(overrides)
         scheduler = Scheduler(
             config=Config(**settings),

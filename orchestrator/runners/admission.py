@@ -1,0 +1,359 @@
+"""Memory for the scheduler: what a runner will need, what it holds, and measuring it.
+
+The scheduler asks :class:`RunnerMemory` three things:
+
+* :meth:`RunnerMemory.plan` — before a runner starts: its estimate (from the GGUF header, read
+  once per model, and the argv the runner will get: context, slots, cache types, offload,
+  ``--cache-ram``), the learned footprint of an earlier run with the same argv, and the need
+  admission counts (the learned footprint when there is one, else the estimate).
+* :meth:`RunnerMemory.measure` — after the runner is ready and after it has served: its RSS
+  (process tree) and VRAM, folded into the learned footprint in ``<store>/footprints.json``.
+* :meth:`RunnerMemory.deficit` — for the pressure sampler: how far free RAM and VRAM are
+  below their reserves.
+
+The decisions themselves are :class:`orchestrator.memory.guard.MemoryGuard`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import Config
+from orchestrator.errors import OrchestratorError
+from orchestrator.memory.estimate import (
+    AUTO_PARALLEL_SLOTS,
+    RAM_OVERHEAD_BYTES,
+    DeviceMemory,
+    MemoryEstimate,
+    estimate,
+)
+from orchestrator.memory.footprint import Footprint, measure_footprint
+from orchestrator.memory.guard import MemoryGuard, system_ram
+from orchestrator.memory.learned import (
+    FILE_NAME as FOOTPRINTS_FILE_NAME,
+)
+from orchestrator.memory.learned import (
+    FootprintStore,
+    LearnedFootprint,
+    argv_key,
+    learned_need,
+)
+from orchestrator.memory.nvml import NvmlProbe
+from orchestrator.memory.sizes import MiB
+from orchestrator.runners.llamacpp import BundleLike
+
+log = logging.getLogger(__name__)
+
+SOCKET_PLACEHOLDER = "<socket>"
+"""Socket path in the argv a plan is made from (the real one is known only at spawn)."""
+
+_FLAG_NAMES: dict[str, str] = {
+    "-c": "context_size", "--ctx-size": "context_size",
+    "-np": "parallel", "--parallel": "parallel",
+    "-ctk": "cache_type_k", "--cache-type-k": "cache_type_k",
+    "-ctv": "cache_type_v", "--cache-type-v": "cache_type_v",
+    "-ngl": "gpu_layers", "--gpu-layers": "gpu_layers", "--n-gpu-layers": "gpu_layers",
+    "-fa": "flash_attn", "--flash-attn": "flash_attn",
+    "-ub": "ubatch_size", "--ubatch-size": "ubatch_size",
+    "-b": "batch_size", "--batch-size": "batch_size",
+    "-cram": "cache_ram", "--cache-ram": "cache_ram",
+    "--mmproj": "mmproj", "-mm": "mmproj",
+}  # fmt: skip
+_SWITCHES: dict[str, tuple[str, object]] = {
+    "-kvu": ("kv_unified", True), "--kv-unified": ("kv_unified", True),
+    "-no-kvu": ("kv_unified", False), "--no-kv-unified": ("kv_unified", False),
+    "--swa-full": ("swa_full", True),
+    "--no-mmproj": ("no_mmproj", True),
+}  # fmt: skip
+
+
+def engine_options(argv: Sequence[str]) -> dict[str, str | bool]:
+    """Return the memory-relevant llama-server options in ``argv`` (the last one wins).
+
+    Values stay text (``gpu_layers`` may be ``auto`` or ``all``); switches are booleans. Both
+    ``--flag value`` and ``--flag=value`` are read, as llama-server reads them.
+    """
+    found: dict[str, str | bool] = {}
+    words = list(argv)
+    index = 1
+    while index < len(words):
+        key, has_value, inline = words[index].partition("=")
+        if key in _SWITCHES:
+            name, value = _SWITCHES[key]
+            found[name] = bool(value)
+        elif key in _FLAG_NAMES:
+            if has_value:
+                found[_FLAG_NAMES[key]] = inline
+            elif index + 1 < len(words):
+                found[_FLAG_NAMES[key]] = words[index + 1]
+                index += 1
+        index += 1
+    return found
+
+
+def _as_int(value: str | bool | None, default: int) -> int:
+    if value is None or isinstance(value, bool):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        return default
+
+
+def estimate_arguments(argv: Sequence[str], *, has_gpu: bool) -> dict[str, Any]:
+    """Return :func:`~orchestrator.memory.estimate.estimate` keyword arguments for ``argv``.
+
+    ``-ngl`` counts only when a GPU is present (llama-server ignores it on a CPU-only host).
+    ``--cache-ram`` of -1 (no limit) or absent (the engine's 8 GiB) is not counted.
+    """
+    options = engine_options(argv)
+    gpu_text = options.get("gpu_layers")
+    if not has_gpu:
+        gpu_layers = 0
+    elif gpu_text in ("auto", "all"):
+        gpu_layers = -1
+    else:
+        gpu_layers = _as_int(gpu_text, -1)
+    flash = options.get("flash_attn")
+    cache_ram = _as_int(options.get("cache_ram"), -1)
+    unified = options.get("kv_unified")
+    return {
+        "context_size": _as_int(options.get("context_size"), 0),
+        "parallel": _as_int(options.get("parallel"), -1),
+        "cache_type_k": str(options.get("cache_type_k") or "f16"),
+        "cache_type_v": str(options.get("cache_type_v") or "f16"),
+        "gpu_layers": gpu_layers,
+        # "auto" turns flash attention on wherever the backend has it (CPU and CUDA do).
+        "flash_attn": str(flash).lower() not in ("off", "0", "false", "disabled"),
+        "kv_unified": unified if isinstance(unified, bool) else None,
+        "swa_full": options.get("swa_full") is True,
+        "ubatch_size": _as_int(options.get("ubatch_size"), 512),
+        "batch_size": _as_int(options.get("batch_size"), 2048),
+        "prompt_cache_bytes": cache_ram * MiB if cache_ram > 0 else 0,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """The parts of a model's GGUF files the estimate reads (all shards)."""
+
+    metadata: Mapping[str, Any]
+    tensors: tuple[Any, ...]
+    weights_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerPlan:
+    """What starting one runner will take, decided before it starts.
+
+    Attributes:
+        argv: The command line with :data:`SOCKET_PLACEHOLDER` as its socket.
+        key: :func:`~orchestrator.memory.learned.argv_key` of that command line.
+        estimate: The estimate from the GGUF header and the argv.
+        learned: The footprint learned from an earlier run with the same argv, if any.
+        need: What admission counts (``learned`` applied to ``estimate``).
+    """
+
+    argv: tuple[str, ...]
+    key: str
+    estimate: MemoryEstimate
+    learned: LearnedFootprint | None
+    need: MemoryEstimate
+
+
+Estimator = Callable[[str, BundleLike, Sequence[str]], MemoryEstimate]
+Measurer = Callable[[int], "Footprint | None"]
+
+
+class RunnerMemory:
+    """The scheduler's view of memory: guard, estimates, learned footprints, measurements.
+
+    Args:
+        guard: Makes the admission decisions.
+        footprints: Learned footprints (``None``: nothing is learned or persisted).
+        estimator: ``(model_id, bundle, argv) -> MemoryEstimate``; default reads the GGUF.
+        measurer: ``pid -> Footprint | None``; default psutil plus NVML.
+        nvml: GPU probe shared by the default measurer and :attr:`has_gpu`.
+    """
+
+    def __init__(
+        self,
+        *,
+        guard: MemoryGuard,
+        footprints: FootprintStore | None = None,
+        estimator: Estimator | None = None,
+        measurer: Measurer | None = None,
+        nvml: NvmlProbe | None = None,
+    ) -> None:
+        self.guard = guard
+        self.footprints = footprints
+        self._nvml = nvml
+        self._estimator = estimator or self._estimate_from_gguf
+        self._measurer = measurer or self._measure_process
+        self._headers: dict[str, _Header | None] = {}
+        self._lock = threading.Lock()
+        self._has_gpu: bool | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, store_root: Path) -> RunnerMemory:
+        """Build the daemon's memory policy: psutil RAM, NVML when present, learned footprints."""
+        nvml = NvmlProbe()
+        guard = MemoryGuard(
+            reserve=config.memory_reserve,
+            max_ram_bytes=config.max_ram,
+            max_vram_bytes=config.max_vram,
+            min_residency_seconds=config.min_residency,
+            ram_probe=system_ram,
+            gpu_probe=nvml.gpus,
+        )
+        return cls(
+            guard=guard,
+            footprints=FootprintStore(Path(store_root) / FOOTPRINTS_FILE_NAME),
+            nvml=nvml,
+        )
+
+    @property
+    def has_gpu(self) -> bool:
+        """Return whether the guard's probe reports a GPU (asked once)."""
+        if self._has_gpu is None:
+            self._has_gpu = bool(self.guard.budget().gpus)
+        return self._has_gpu
+
+    # --- estimates -------------------------------------------------------------------------
+
+    def _header(self, model_id: str, gguf_path: Path) -> _Header | None:
+        with self._lock:
+            if model_id in self._headers:
+                return self._headers[model_id]
+        # Imported here: the GGUF reader is only needed once per model.
+        from orchestrator.gguf import find_shards, read_gguf
+
+        header: _Header | None
+        try:
+            infos = [read_gguf(path) for path in find_shards(Path(gguf_path))]
+            header = _Header(
+                metadata=infos[0].metadata,
+                tensors=tuple(t for info in infos for t in info.tensors),
+                weights_bytes=sum(t.n_bytes or 0 for info in infos for t in info.tensors),
+            )
+        except OrchestratorError as ex:
+            # NOTE(memory): the engine will refuse the file with a better message; admission
+            # then counts the file size, which is what mapping it would cost.
+            log.warning("memory estimate without metadata model=%s reason=%s", model_id, ex.message)
+            header = None
+        with self._lock:
+            self._headers[model_id] = header
+        return header
+
+    def _estimate_from_gguf(
+        self, model_id: str, bundle: BundleLike, argv: Sequence[str]
+    ) -> MemoryEstimate:
+        arguments = estimate_arguments(argv, has_gpu=self.has_gpu)
+        options = engine_options(argv)
+        mmproj_bytes = 0
+        mmproj = options.get("mmproj")
+        if isinstance(mmproj, str) and options.get("no_mmproj") is not True:
+            mmproj_bytes = _file_size(Path(mmproj))
+        header = self._header(model_id, bundle.gguf_path)
+        if header is None:
+            context = max(int(arguments["context_size"]), 0)
+            parallel = int(arguments["parallel"])
+            return MemoryEstimate(
+                ram=DeviceMemory(
+                    weights=_file_size(Path(bundle.gguf_path)),
+                    mmproj=mmproj_bytes,
+                    overhead=RAM_OVERHEAD_BYTES,
+                    prompt_cache=int(arguments["prompt_cache_bytes"]),
+                ),
+                vram=DeviceMemory(),
+                context_size=context,
+                parallel=parallel if parallel > 0 else AUTO_PARALLEL_SLOTS,
+                kv_unified=parallel < 0,
+                flash_attn=bool(arguments["flash_attn"]),
+                gpu_layers=0,
+                per_token_bytes=0,
+            )
+        return estimate(
+            header.metadata,
+            weights_bytes=header.weights_bytes,
+            mmproj_bytes=mmproj_bytes,
+            tensors=header.tensors,
+            **arguments,
+        )
+
+    def forget_model(self, model_id: str) -> None:
+        """Drop the cached header of ``model_id`` (its files may have changed)."""
+        with self._lock:
+            self._headers.pop(model_id, None)
+
+    def plan(self, model_id: str, bundle: BundleLike, argv: Sequence[str]) -> RunnerPlan:
+        """Return the plan for a runner of ``model_id`` started with ``argv``.
+
+        ``argv`` carries :data:`SOCKET_PLACEHOLDER` as its socket path.
+
+        Raises:
+            InvalidRequestError: The argv names a KV cache type the engine does not know.
+        """
+        key = argv_key(argv, replace={str(bundle_root(bundle)): "<bundle>"})
+        predicted = self._estimator(model_id, bundle, argv)
+        learned = self.footprints.get(model_id, key) if self.footprints is not None else None
+        return RunnerPlan(
+            argv=tuple(argv),
+            key=key,
+            estimate=predicted,
+            learned=learned,
+            need=learned_need(predicted, learned),
+        )
+
+    # --- measurement -----------------------------------------------------------------------
+
+    def _measure_process(self, pid: int) -> Footprint | None:
+        return measure_footprint(pid, nvml=self._nvml)
+
+    def measure(
+        self, model_id: str, key: str, pid: int, *, ready: bool = False
+    ) -> tuple[Footprint | None, LearnedFootprint | None]:
+        """Measure runner ``pid`` and fold it into the learned footprint of (model, argv).
+
+        Returns:
+            The measurement (``None`` when the process is gone) and the learned footprint.
+        """
+        footprint = self._measurer(pid)
+        if footprint is None:
+            return None, None
+        if self.footprints is None:
+            return footprint, None
+        return footprint, self.footprints.record(model_id, key, footprint, ready=ready)
+
+    def deficit(self) -> tuple[int, int]:
+        """Return how far free RAM and free VRAM (worst GPU) are below their reserves (>= 0)."""
+        budget = self.guard.budget()
+        ram = max(-budget.ram_free, 0)
+        vram = max(
+            (max(self.guard.vram_reserve_bytes - gpu.free_bytes, 0) for gpu in budget.gpus),
+            default=0,
+        )
+        return ram, vram
+
+    def close(self) -> None:
+        """Release NVML if this object started it."""
+        if self._nvml is not None:
+            self._nvml.close()
+
+
+def bundle_root(bundle: BundleLike) -> Path:
+    """Return the bundle's directory (``root`` when it has one, else the GGUF's parent)."""
+    root = getattr(bundle, "root", None)
+    return Path(root) if root is not None else Path(bundle.gguf_path).parent
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,260 @@
+"""Runner memory plans: argv to estimate arguments, the GGUF cache, learned footprints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.gguf import read_gguf
+from orchestrator.memory.estimate import DeviceMemory, MemoryEstimate, estimate
+from orchestrator.memory.footprint import Footprint
+from orchestrator.memory.guard import MemoryGuard, RamReading
+from orchestrator.memory.learned import (
+    FootprintStore,
+    LearnedFootprint,
+    argv_key,
+    learned_need,
+)
+from orchestrator.memory.nvml import GpuInfo
+from orchestrator.runners.admission import (
+    SOCKET_PLACEHOLDER,
+    RunnerMemory,
+    engine_options,
+    estimate_arguments,
+)
+from orchestrator.runners.llamacpp import build_argv
+from tests.fakes.store_stub import StubBundle
+from tests.support.gguf_files import write_llama_model, write_sharded_model
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def guard(*, gpus: list[GpuInfo] | None = None, available: int = 60 * GiB) -> MemoryGuard:
+    """A guard over a 64 GiB host with the given GPUs."""
+    return MemoryGuard(
+        ram_probe=lambda: RamReading(64 * GiB, available), gpu_probe=lambda: list(gpus or [])
+    )
+
+
+def bundle_for(gguf_path: Path, config: dict[str, object] | None = None) -> StubBundle:
+    return StubBundle(root=gguf_path.parent, gguf_path=gguf_path, config=dict(config or {}))
+
+
+def argv_for(bundle: StubBundle, *flags: str, prompt_cache_mib: int = 512) -> list[str]:
+    from orchestrator.runners.configs import RunnerSettings
+
+    return build_argv(
+        engine_path="/opt/llama-server",
+        bundle=bundle,
+        mode="completion",
+        socket_path=SOCKET_PLACEHOLDER,
+        settings=RunnerSettings(runtime_flags=flags) if flags else None,
+        prompt_cache_mib=prompt_cache_mib,
+    )
+
+
+# --- argv -> estimate arguments ---------------------------------------------------------------
+
+
+def test_engine_options_reads_both_spellings_and_the_last_one_wins() -> None:
+    argv = ["llama-server", "-c", "4096", "--ctx-size=8192", "-np", "2", "--swa-full", "-no-kvu"]
+    assert engine_options(argv) == {
+        "context_size": "8192",
+        "parallel": "2",
+        "swa_full": True,
+        "kv_unified": False,
+    }
+
+
+def test_estimate_arguments_follow_the_daemon_argv() -> None:
+    argv = [
+        "llama-server", "-ngl", "999", "--ctx-size", "2048", "--cache-ram", "512",
+        "-ctk", "q8_0", "-ctv", "q8_0", "-fa", "off", "-ub", "256", "-b", "1024",
+    ]  # fmt: skip
+    on_cpu = estimate_arguments(argv, has_gpu=False)
+    assert on_cpu == {
+        "context_size": 2048,
+        "parallel": -1,
+        "cache_type_k": "q8_0",
+        "cache_type_v": "q8_0",
+        "gpu_layers": 0,  # llama-server ignores -ngl without a GPU
+        "flash_attn": False,
+        "kv_unified": None,
+        "swa_full": False,
+        "ubatch_size": 256,
+        "batch_size": 1024,
+        "prompt_cache_bytes": 512 * MiB,
+    }
+    assert estimate_arguments(argv, has_gpu=True)["gpu_layers"] == 999
+    assert estimate_arguments(["x", "-ngl", "auto"], has_gpu=True)["gpu_layers"] == -1
+    # No --cache-ram (the engine's 8 GiB) and -1 (no limit) are not counted.
+    assert estimate_arguments(["x"], has_gpu=False)["prompt_cache_bytes"] == 0
+    assert estimate_arguments(["x", "-cram", "-1"], has_gpu=False)["prompt_cache_bytes"] == 0
+    assert estimate_arguments(["x"], has_gpu=False)["flash_attn"] is True  # auto
+
+
+def test_plan_matches_a_direct_estimate_of_the_synthetic_model(tmp_path: Path) -> None:
+    path = write_llama_model(tmp_path / "m.gguf")
+    info = read_gguf(path)
+    bundle = bundle_for(path)
+    memory = RunnerMemory(guard=guard())
+    plan = memory.plan("sha256:aa", bundle, argv_for(bundle, "--ctx-size", "1024"))
+    expected = estimate(
+        info,
+        context_size=1024,
+        weights_bytes=sum(t.n_bytes or 0 for t in info.tensors),
+        prompt_cache_bytes=512 * MiB,
+    )
+    assert plan.estimate == expected
+    assert plan.need == expected and plan.learned is None
+    assert plan.estimate.ram.prompt_cache == 512 * MiB
+
+
+def test_plan_reads_every_shard_of_a_sharded_model(tmp_path: Path) -> None:
+    shards = write_sharded_model(tmp_path, shards=3)
+    (tmp_path / "whole").mkdir()
+    whole = write_llama_model(tmp_path / "whole" / "m.gguf")
+    memory = RunnerMemory(guard=guard())
+    sharded = memory.plan("sha256:s", bundle_for(shards[0]), ["x", "-c", "512"]).estimate
+    single = memory.plan("sha256:w", bundle_for(whole), ["x", "-c", "512"]).estimate
+    assert sharded.weights == single.weights > 0
+    assert sharded.kv_cache == single.kv_cache
+
+
+def test_plan_offloads_to_a_gpu_when_the_probe_reports_one(tmp_path: Path) -> None:
+    path = write_llama_model(tmp_path / "m.gguf")
+    gpu = GpuInfo(0, "NVIDIA H200", 140 * GiB, 139 * GiB, 1 * GiB)
+    bundle = bundle_for(path)
+    on_gpu = RunnerMemory(guard=guard(gpus=[gpu])).plan("sha256:a", bundle, argv_for(bundle))
+    on_cpu = RunnerMemory(guard=guard()).plan("sha256:a", bundle, argv_for(bundle))
+    assert on_gpu.estimate.vram_bytes > 0 and on_cpu.estimate.vram_bytes == 0
+    assert on_gpu.estimate.vram.weights > 0
+
+
+def test_unreadable_gguf_counts_the_file_size(tmp_path: Path) -> None:
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF" + b"\0" * 1000)
+    bundle = bundle_for(path)
+    plan = RunnerMemory(guard=guard()).plan("sha256:b", bundle, argv_for(bundle))
+    assert plan.estimate.ram.weights == 1004
+    assert plan.estimate.ram.prompt_cache == 512 * MiB
+    assert plan.estimate.ram.overhead > 0 and plan.estimate.kv_cache == 0
+
+
+def test_the_gguf_header_is_read_once_per_model(tmp_path: Path) -> None:
+    path = write_llama_model(tmp_path / "m.gguf")
+    bundle = bundle_for(path)
+    memory = RunnerMemory(guard=guard())
+    first = memory.plan("sha256:c", bundle, argv_for(bundle)).estimate
+    path.write_bytes(b"not gguf any more")
+    assert memory.plan("sha256:c", bundle, argv_for(bundle)).estimate == first
+    memory.forget_model("sha256:c")
+    assert memory.plan("sha256:c", bundle, argv_for(bundle)).estimate.kv_cache == 0
+
+
+def test_argv_key_ignores_socket_engine_and_bundle_path() -> None:
+    one = ["/a/llama-server", "--model", "/store1/b/model.gguf", "--host", "/run/c1.sock", "-c", "9"]
+    two = ["/b/llama-server", "--model", "/store2/b/model.gguf", "--host", "/x/c7.sock", "-c", "9"]
+    key_one = argv_key(one, replace={"/store1/b": "<bundle>", "/run/c1.sock": "<socket>"})
+    key_two = argv_key(two, replace={"/store2/b": "<bundle>", "/x/c7.sock": "<socket>"})
+    assert key_one == key_two
+    three = [*one[:-1], "10"]
+    assert argv_key(three, replace={"/store1/b": "<bundle>", "/run/c1.sock": "<socket>"}) != key_one
+
+
+# --- learned footprints -------------------------------------------------------------------
+
+
+def sample_estimate(ram_mib: int, cache_mib: int = 0) -> MemoryEstimate:
+    return MemoryEstimate(
+        ram=DeviceMemory(weights=(ram_mib - cache_mib) * MiB, prompt_cache=cache_mib * MiB),
+        vram=DeviceMemory(),
+        context_size=4096,
+        parallel=4,
+        kv_unified=True,
+        flash_attn=True,
+        gpu_layers=0,
+        per_token_bytes=0,
+    )
+
+
+def test_learned_need_adds_the_prompt_cache_to_the_ready_footprint() -> None:
+    est = sample_estimate(800, cache_mib=512)  # 288 MiB predicted plus a 512 MiB cache
+    assert learned_need(est, None) is est
+    learned = LearnedFootprint(ready_rss=230 * MiB, max_rss=260 * MiB, samples=2)
+    need = learned_need(est, learned)
+    assert need.source == "measured"
+    assert need.ram_bytes == (230 + 512) * MiB  # larger than the 260 MiB peak
+    assert need.ram.prompt_cache == 512 * MiB
+    grown = LearnedFootprint(ready_rss=230 * MiB, max_rss=900 * MiB, samples=9)
+    assert learned_need(est, grown).ram_bytes == 900 * MiB
+    gpu = LearnedFootprint(ready_rss=1, max_rss=1, max_vram=3 * GiB)
+    assert learned_need(est, gpu).vram_bytes == 3 * GiB
+
+
+def test_footprint_store_keeps_the_largest_and_persists_only_growth(tmp_path: Path) -> None:
+    path = tmp_path / "footprints.json"
+    store = FootprintStore(path)
+    first = store.record("sha256:m", "k1", Footprint(rss_bytes=200 * MiB, file_bytes=90 * MiB), ready=True)
+    assert (first.ready_rss, first.max_rss, first.samples) == (200 * MiB, 200 * MiB, 1)
+    saved = json.loads(path.read_text())
+    assert saved["footprints"][0]["model_id"] == "sha256:m"
+    assert saved["footprints"][0]["max_rss"] == 200 * MiB
+    store.record("sha256:m", "k1", Footprint(rss_bytes=200 * MiB + 10))  # not worth a write
+    assert json.loads(path.read_text())["footprints"][0]["samples"] == 1
+    later = store.record("sha256:m", "k1", Footprint(rss_bytes=240 * MiB, vram_bytes=GiB))
+    assert (later.ready_rss, later.max_rss, later.max_vram, later.samples) == (
+        200 * MiB, 240 * MiB, GiB, 3,
+    )  # fmt: skip
+    store.record("sha256:m", "k1", Footprint(rss_bytes=100 * MiB))  # smaller: max kept
+    reopened = FootprintStore(path)
+    assert reopened.get("sha256:m", "k1") == LearnedFootprint(
+        ready_rss=200 * MiB, max_rss=240 * MiB, file_bytes=0, max_vram=GiB, samples=3,
+        updated=later.updated,
+    )  # fmt: skip
+    assert reopened.get("sha256:m", "other") is None
+    assert reopened.forget("sha256:m") == 1
+    assert FootprintStore(path).get("sha256:m", "k1") is None
+
+
+def test_footprint_store_survives_a_corrupt_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "footprints.json"
+    path.write_text("{not json")
+    store = FootprintStore(path)
+    assert store.get("sha256:m", "k") is None
+    assert "unreadable" in caplog.text
+    store.record("sha256:m", "k", Footprint(rss_bytes=5 * MiB))
+    assert FootprintStore(path).get("sha256:m", "k") is not None
+
+
+def test_plan_uses_the_learned_footprint_of_the_same_argv(tmp_path: Path) -> None:
+    path = write_llama_model(tmp_path / "m.gguf")
+    bundle = bundle_for(path)
+    footprints = FootprintStore(tmp_path / "footprints.json")
+    memory = RunnerMemory(guard=guard(), footprints=footprints, measurer=lambda pid: Footprint(
+        rss_bytes=300 * MiB, file_bytes=1 * MiB, pids=(pid,)
+    ))
+    argv = argv_for(bundle, "--ctx-size", "1024")
+    plan = memory.plan("sha256:d", bundle, argv)
+    assert plan.need.source == "estimate"
+    footprint, learned = memory.measure("sha256:d", plan.key, 4242, ready=True)
+    assert footprint is not None and learned is not None and learned.ready_rss == 300 * MiB
+    again = RunnerMemory(guard=guard(), footprints=FootprintStore(tmp_path / "footprints.json"))
+    replanned = again.plan("sha256:d", bundle, argv)
+    assert replanned.need.source == "measured"
+    assert replanned.need.ram_bytes == 300 * MiB + 512 * MiB
+    other_ctx = again.plan("sha256:d", bundle, argv_for(bundle, "--ctx-size", "2048"))
+    assert other_ctx.need.source == "estimate"
+
+
+def test_deficit_reads_ram_and_each_gpu_against_its_reserve() -> None:
+    tight = GpuInfo(0, "gpu", 24 * GiB, 100 * MiB, 24 * GiB - 100 * MiB)
+    roomy = GpuInfo(1, "gpu", 24 * GiB, 20 * GiB, 4 * GiB)
+    memory = RunnerMemory(guard=guard(gpus=[tight, roomy], available=5 * GiB))
+    ram, vram = memory.deficit()
+    assert ram == int(6.4 * GiB) - 5 * GiB  # default reserve: 10 % of 64 GiB
+    assert vram == 512 * MiB - 100 * MiB
+    assert RunnerMemory(guard=guard()).deficit() == (0, 0)
