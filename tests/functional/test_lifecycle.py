@@ -99,10 +99,13 @@ def test_client_disconnect_stops_generation(short_keep_alive: Daemon) -> None:
     assert runner_metric(daemon, "llamacpp:requests_processing") == 1
     response.close()
     started = time.monotonic()
+    # NOTE: 2000 tokens take 20 s or more here, so a stop within 5 s can only come from the
+    # closed upstream connection; the bound is loose because a loaded 2-core machine delays
+    # the next chunk write that reveals the disconnect.
     assert wait_until(
-        lambda: runner_metric(daemon, "llamacpp:requests_processing") == 0, timeout=5, interval=0.05
+        lambda: runner_metric(daemon, "llamacpp:requests_processing") == 0, timeout=8, interval=0.05
     )
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 5.0
     assert not any(entry.get("in_use") for entry in daemon.get("/engines/ps").json())
 
 
