@@ -38,7 +38,8 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             dest=setting.name,
             default=None,
             metavar=setting.name.upper(),
-            help=f"{setting.help} [env {setting.env}]",
+            # argparse treats '%' as a format directive ("10%" would crash --help).
+            help=f"{setting.help} [env {setting.env}]".replace("%", "%%"),
         )
 
 
