@@ -48,7 +48,11 @@ log = logging.getLogger(__name__)
 KILL_WAIT_SECONDS = 5.0
 """How long to wait for the reap after SIGKILL before logging that the process is stuck."""
 HEALTH_POLL_SECONDS = 0.05
-"""Readiness poll interval: detection adds at most this to every cold start."""
+"""Readiness poll interval after the first seconds of loading."""
+FAST_POLL_SECONDS = 0.01
+"""Readiness poll interval while a small model is likely to become ready (cold-start latency)."""
+FAST_POLL_WINDOW_SECONDS = 2.0
+"""How long after spawn the fast interval is used; large models then poll at the slow one."""
 LOG_TAIL_LINES = 40
 MAX_SOCKET_PATH_BYTES = 107
 """``sun_path`` holds 108 bytes including the terminating NUL."""
@@ -379,7 +383,15 @@ class RunnerProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self.exited.wait(min(poll_seconds, remaining))
+            # PERF: small models are ready in well under a second; polling fast at first keeps
+            # detection from adding up to a whole slow interval to every cold start.
+            loading_for = time.monotonic() - self.spawned_at
+            interval = (
+                min(FAST_POLL_SECONDS, poll_seconds)
+                if loading_for < FAST_POLL_WINDOW_SECONDS
+                else poll_seconds
+            )
+            self.exited.wait(min(interval, remaining))
         self.stop(grace_seconds)
         if self.returncode is not None and self._state is RunnerState.FAILED:
             raise self._start_error()

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import (
     ConflictError,
@@ -75,6 +76,11 @@ class Store:
         self.layout = StoreLayout(self.root)
         self._lock = StoreLock(self.layout.lock_file)
         self._link = link
+        # PERF: parsed manifests and configs by model ID. Both files are content-addressed
+        # (the ID is the manifest's digest, the config is named by its digest), so an entry can
+        # never go stale; it only has to be dropped when the model leaves the index. Without it,
+        # GET /models re-parses every manifest and config on every request.
+        self._parsed: dict[str, tuple[bytes, dict[str, Any], dict[str, Any]]] = {}
         self._initialize()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -235,18 +241,17 @@ class Store:
         return index.read_index(self.layout.index_file)
 
     def _record(self, entry: IndexEntry) -> ModelRecord:
-        raw = self.read_manifest(entry.id)
-        try:
-            manifest = parse_manifest(raw)
-            config = json.loads(self.read_blob(manifest["config"]["digest"]))
-        except (InvalidRequestError, NotFoundError, ValueError) as ex:
-            raise StoreError(
-                f"model '{entry.id}' is damaged in the store ({ex}); delete it and pull it again"
-            ) from ex
-        if not isinstance(config, dict):
-            raise StoreError(
-                f"the config of model '{entry.id}' is not a JSON object; pull it again"
-            )
+        cached = self._parsed.get(entry.id)
+        # A file removed behind our back (by hand, or a crash mid-delete) must still show as
+        # damaged: two stat calls keep that promise at a fraction of a parse's cost.
+        if cached is None or not (
+            self.layout.manifest_path(entry.id).is_file()
+            and self.blob_path(cached[1]["config"]["digest"]).is_file()
+        ):
+            self._parsed.pop(entry.id, None)
+            cached = self._parse(entry.id)
+            self._parsed[entry.id] = cached
+        raw, manifest, config = cached
         return ModelRecord(
             id=entry.id,
             tags=tuple(entry.tags),
@@ -256,10 +261,29 @@ class Store:
             manifest_bytes=raw,
         )
 
+    def _parse(self, model_id: str) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+        raw = self.read_manifest(model_id)
+        try:
+            manifest = parse_manifest(raw)
+            config = json.loads(self.read_blob(manifest["config"]["digest"]))
+        except (InvalidRequestError, NotFoundError, ValueError) as ex:
+            raise StoreError(
+                f"model '{model_id}' is damaged in the store ({ex}); delete it and pull it again"
+            ) from ex
+        if not isinstance(config, dict):
+            raise StoreError(
+                f"the config of model '{model_id}' is not a JSON object; pull it again"
+            )
+        return raw, manifest, config
+
     def list_models(self) -> list[ModelRecord]:
         """Return every readable model in index order (damaged ones are logged and skipped)."""
         records = []
-        for entry in self._entries():
+        entries = self._entries()
+        live = {entry.id for entry in entries}
+        for stale in [model_id for model_id in self._parsed if model_id not in live]:
+            self._parsed.pop(stale, None)
+        for entry in entries:
             try:
                 records.append(self._record(entry))
             except StoreError as ex:
