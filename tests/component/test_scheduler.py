@@ -214,7 +214,9 @@ def test_hang_times_out_within_deadline_and_process_is_gone(
     with pytest.raises(RunnerTimeoutError) as info:
         scheduler.acquire(record, "completion")
     elapsed = time.monotonic() - started
-    assert 1.0 <= elapsed < 2.0
+    # Not before the 1 s deadline; then stopped within the 0.5 s grace plus scheduling slack.
+    assert elapsed >= 1.0
+    assert elapsed < 4.0
     assert "load_timeout_seconds" in info.value.message
     (pid,) = started_pids()
     assert is_gone(pid)
