@@ -9,11 +9,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,18 +33,10 @@ from orchestrator.runners.health import UnixHTTPConnection
 from orchestrator.runners.process import KILL_WAIT_SECONDS
 from orchestrator.runners.scheduler import Scheduler
 from tests.fakes.store_stub import StubRecord, StubStore
-from tests.support.processes import stop_process, wait_until
+from tests.support.processes import is_gone, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_ENGINE = REPO / "tests" / "fakes" / "fake_llama_server.py"
-
-
-def is_gone(pid: int) -> bool:
-    """Return whether ``pid`` no longer runs (a zombie nobody reaped counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def request(socket_path: str, method: str, path: str, body: object = None) -> tuple[int, bytes]:
@@ -59,37 +49,6 @@ def request(socket_path: str, method: str, path: str, body: object = None) -> tu
         return response.status, response.read()
     finally:
         connection.close()
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="dmr-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def started_pids(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[int]]]:
-    """Make every fake engine record its pid; kill any still alive at the end (safety net)."""
-    log = workdir / "starts.log"
-    monkeypatch.setenv("FAKE_LLAMA_START_LOG", str(log))
-    monkeypatch.setenv("FAKE_LLAMA_LOAD_SECONDS", "0.1")
-
-    def read() -> list[int]:
-        return [int(line) for line in log.read_text().split()] if log.exists() else []
-
-    yield read
-    for pid in read():
-        if not is_gone(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-@pytest.fixture
-def store(workdir: Path) -> StubStore:
-    return StubStore(workdir / "store")
 
 
 @pytest.fixture

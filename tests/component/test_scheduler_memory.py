@@ -7,17 +7,12 @@ probe the test controls, so every decision path runs without filling this machin
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from orchestrator.config import Config
@@ -36,21 +31,12 @@ from orchestrator.runners.configs import RunnerSettings
 from orchestrator.runners.lease import Lease
 from orchestrator.runners.scheduler import Scheduler
 from tests.fakes.store_stub import StubRecord, StubStore
-from tests.support.processes import wait_until
+from tests.support.processes import is_gone, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_ENGINE = REPO / "tests" / "fakes" / "fake_llama_server.py"
 MiB = 1024**2
 GiB = 1024**3
-
-
-def is_gone(pid: int | None) -> bool:
-    """Return whether ``pid`` no longer runs (a zombie nobody reaped counts as gone)."""
-    assert pid is not None
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def need(ram_mib: int) -> MemoryEstimate:
@@ -75,37 +61,6 @@ class Host:
 
     def ram(self) -> RamReading:
         return RamReading(64 * GiB, self.available)
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="dmr-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def started_pids(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[int]]]:
-    """Make every fake engine record its pid; kill any still alive at the end (safety net)."""
-    log = workdir / "starts.log"
-    monkeypatch.setenv("FAKE_LLAMA_START_LOG", str(log))
-    monkeypatch.setenv("FAKE_LLAMA_LOAD_SECONDS", "0.1")
-
-    def read() -> list[int]:
-        return [int(line) for line in log.read_text().split()] if log.exists() else []
-
-    yield read
-    for pid in read():
-        if not is_gone(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-@pytest.fixture
-def store(workdir: Path) -> StubStore:
-    return StubStore(workdir / "store")
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import subprocess
 import time
 from collections.abc import Callable
 
+import psutil
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
@@ -57,3 +59,12 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def is_gone(pid: int | None) -> bool:
+    """Return whether ``pid`` no longer runs (a zombie nobody reaped counts as gone)."""
+    assert pid is not None
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
