@@ -14,12 +14,14 @@ import os
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+# The same loopback helpers the test suite uses (re-exported for the bench modules).
+from tests.support.processes import free_port, wait_until  # noqa: F401
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 HTTP_PROBE_TIMEOUT_SECONDS = 1.0
@@ -29,24 +31,6 @@ KILL_WAIT_SECONDS = 10.0
 
 class BenchError(Exception):
     """The benchmark cannot go on (a process did not start, a request failed hard)."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 # --- /proc readings ------------------------------------------------------------------------
