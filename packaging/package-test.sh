@@ -13,7 +13,8 @@
 #     user, answers a chat request with curl, lists models with `docker model`;
 #  6. stops it as systemd would (TERM to the main PID, TimeoutStopSec, then KILL to the
 #     session), checks no engine survives;
-#  7. apt-get purge, and checks that only the system user (kept by policy) remains.
+#  7. apt-get purge, and checks that only the system user (kept by policy) remains; purges the
+#     packages the install pulled in (python3-falcon & co), leaving the machine as it was.
 #
 # Environment: KEEP_INSTALLED=1 leaves the package installed and the daemon stopped.
 set -euo pipefail
@@ -50,6 +51,22 @@ stop_daemon() {
     if [[ -n "${user:-}" ]]; then pkill -KILL -u "$user" 2>/dev/null || true; fi
 }
 
+# The packages installed now, one name a line (sorted), to purge afterwards exactly what the
+# install pulled in (python3-falcon & co): the machine is left as the test found it, so a later
+# run (or a later build) sees no dependency this one installed.
+installed_packages() {
+    dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" { print $2 }' | sort
+}
+purge_pulled_in() {
+    [[ -f "${tmp}/before.txt" ]] || return 0
+    local pulled
+    pulled="$(comm -13 "${tmp}/before.txt" <(installed_packages) | tr '\n' ' ')"
+    [[ -z "${pulled// /}" ]] && return 0
+    echo "purging what the install pulled in: ${pulled}"
+    # shellcheck disable=SC2086  # one word a package
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq ${pulled} >/dev/null
+}
+
 cleanup() {
     local status=$?
     [[ -n "$daemon_pid" ]] && stop_daemon "$daemon_pid" 10
@@ -59,6 +76,7 @@ cleanup() {
     fi
     if ((status != 0)) && [[ "${KEEP_INSTALLED:-0}" != 1 ]]; then
         apt-get purge -y -qq docker-model-plugin ${installed_engine_pkg} >/dev/null 2>&1 || true
+        purge_pulled_in || true
     fi
     rm -rf "$tmp"
     exit "$status"
@@ -71,6 +89,8 @@ rpm_file="$("${repo_root}/packaging/build-rpm.sh" | tail -n 1)"
 printf '%s (%s)\n%s (%s)\n' "$deb" "$(du -h "$deb" | cut -f1)" "$rpm_file" "$(du -h "$rpm_file" | cut -f1)"
 
 step "rpm contents and scriptlets"
+# The RPM is built in a chroot (build-rpm.sh); reading it here needs the host's rpm.
+apt_install_missing rpm
 rpm_list="$(rpm -qlp "$rpm_file")"
 for path in /usr/bin/model-runner /usr/bin/docker-model /usr/libexec/docker/cli-plugins/docker-model \
     /usr/lib/systemd/system/${service}.service /usr/lib/sysusers.d/${service}.conf \
@@ -96,6 +116,7 @@ if dpkg-query -W -f='${Status}' docker-model-plugin 2>/dev/null | grep -q 'ok in
 fi
 engine_deb="$(find "$packages_dir" -maxdepth 1 -name 'docker-model-runner-llama-server_*.deb' 2>/dev/null | sort | tail -n 1)"
 install_list=("$deb")
+installed_packages >"${tmp}/before.txt"
 if [[ -n "$engine_deb" ]]; then
     install_list+=("$engine_deb")
     installed_engine_pkg=docker-model-runner-llama-server
@@ -268,5 +289,9 @@ for dir in /etc/${service} /var/lib/${service} /var/log/${service} /run/${servic
 done
 getent passwd "$user" >/dev/null && echo "kept by policy: system user $(getent passwd "$user")"
 pass "purge removed every file, the store, the logs, the configuration and the enablement"
+purge_pulled_in
+left_packages="$(comm -13 "${tmp}/before.txt" <(installed_packages) | tr '\n' ' ')"
+[[ -z "${left_packages// /}" ]] || fail "packages the install pulled in are still installed: ${left_packages}"
+pass "the packages the install pulled in (Depends) are purged too: the machine is as it was"
 echo
 echo "package-test: all checks passed"

@@ -6,9 +6,11 @@ are ``make package-test`` (packaging/package-test.sh), which needs root and minu
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,205 @@ def test_package_versions_match_the_project() -> None:
 )
 def test_both_packages_install_every_systemd_file(packaging_file: str, installed: str) -> None:
     assert installed in (ROOT / packaging_file).read_text(encoding="utf-8")
+
+
+# --- Dependencies: every third-party module orchestrator imports is packaged ----------------------
+# The builds run the installed entry points (debian/rules' import check and help2man, the spec's
+# %install and %check), so each such module is a build dependency as well as a runtime one. The
+# clean-room builds (packaging/build-deb.sh, build-rpm.sh) fail when one is missing; these tests
+# say which, in a second.
+
+# Top-level module -> Debian 12 package, and -> the PyPI distribution the spec names as
+# python3dist(...). A new third-party import fails test_every_third_party_import_is_mapped until
+# it is added here and to the package files.
+DEBIAN_PACKAGE = {
+    "falcon": "python3-falcon",
+    "gunicorn": "python3-gunicorn",
+    "psutil": "python3-psutil",
+    "requests": "python3-requests",
+    "urllib3": "python3-urllib3",
+    "yaml": "python3-yaml",
+}
+PYPI_DISTRIBUTION = {module: module for module in DEBIAN_PACKAGE} | {"yaml": "pyyaml"}
+# Imported only when present, so no package depends on them: module -> PyPI distribution.
+OPTIONAL_MODULES = {
+    # nvidia-ml-py: Debian 12 has no package for it (`apt-cache policy python3-pynvml`: no
+    # candidate); orchestrator/memory/nvml.py loads it with importlib.import_module and budgets
+    # RAM only without it.
+    "pynvml": "nvidia-ml-py",
+}
+SPEC = ROOT / "rpm" / "docker-model-plugin.spec"
+RPM_BUILDDEPS_MAP = ROOT / "rpm" / "builddeps-debian.txt"
+
+
+def _imports(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """Return the top-level modules imported by statements, and by import_module("...")."""
+    static: set[str] = set()
+    dynamic: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            static.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            static.add(node.module.partition(".")[0])
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute | ast.Name)
+            and (node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id)
+            == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            dynamic.add(node.args[0].value.partition(".")[0])
+    return static, dynamic
+
+
+def _third_party_imports() -> tuple[set[str], set[str]]:
+    """Return orchestrator's third-party modules: imported by statements, and dynamically."""
+    static: set[str] = set()
+    dynamic: set[str] = set()
+    for path in sorted((ROOT / "orchestrator").rglob("*.py")):
+        found_static, found_dynamic = _imports(ast.parse(path.read_text(encoding="utf-8")))
+        static |= found_static
+        dynamic |= found_dynamic
+    local = set(sys.stdlib_module_names) | {"orchestrator", "__future__"}
+    return static - local, dynamic - local
+
+
+def _deb822_field(path: Path, field: str, package: str | None = None) -> str:
+    """Return a field of debian/control's source paragraph, or of binary ``package``'s."""
+    for paragraph in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
+        fields = dict(
+            re.findall(r"^([\w-]+):((?:.*)(?:\n[ \t].*)*)", paragraph, flags=re.MULTILINE)
+        )
+        if package is None and "Source" in fields:
+            return fields.get(field, "")
+        if package is not None and fields.get("Package", "").strip() == package:
+            return fields.get(field, "")
+    raise AssertionError(f"no paragraph for {package or 'the source'} in {path}")
+
+
+def _relations(value: str) -> dict[str, str]:
+    """Return {package: version constraint} of a Depends-style field (alternatives flattened)."""
+    relations = {}
+    for item in re.split(r"[,|]", value):
+        match = re.match(r"\s*([a-z0-9][a-z0-9+.-]+)\s*(?:\(([^)]*)\))?", item)
+        if match:
+            relations[match.group(1)] = " ".join((match.group(2) or "").split())
+    return relations
+
+
+def _spec_relations(tag: str) -> dict[str, str]:
+    """Return {name: version constraint} of the spec's ``tag`` lines (BuildRequires, Requires)."""
+    relations = {}
+    for value in re.findall(rf"^{tag}:\s*(.*)$", SPEC.read_text(encoding="utf-8"), re.MULTILINE):
+        # "a >= 1, b c": names, each optionally followed by an operator and a version.
+        for name, constraint in re.findall(r"([^\s,<>=]+)((?:\s*[<>=]+\s*[^\s,]+)?)", value):
+            relations[name] = " ".join(re.sub(r"([<>=]+)", r" \1 ", constraint).split())
+    return relations
+
+
+def _rpm_builddeps_map() -> dict[str, list[str]]:
+    mapping = {}
+    for line in RPM_BUILDDEPS_MAP.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, *packages = line.split()
+            assert name not in mapping, f"{name} is mapped twice"
+            assert packages, f"{name} maps to nothing; write '-' and say why"
+            mapping[name] = [] if packages == ["-"] else packages
+    return mapping
+
+
+def _required_modules() -> list[str]:
+    static, _dynamic = _third_party_imports()
+    return sorted(static - set(OPTIONAL_MODULES))
+
+
+def test_every_third_party_import_is_mapped() -> None:
+    static, dynamic = _third_party_imports()
+    unmapped = (static | dynamic) - set(DEBIAN_PACKAGE) - set(OPTIONAL_MODULES)
+    assert not unmapped, f"add {sorted(unmapped)} to DEBIAN_PACKAGE and to the package files"
+    # The finder works: these are imported by plain statements today.
+    assert {"falcon", "gunicorn", "psutil", "requests", "urllib3", "yaml"} <= static
+
+
+def test_optional_modules_are_only_imported_when_present() -> None:
+    static, dynamic = _third_party_imports()
+    assert not static & set(OPTIONAL_MODULES), (
+        "import optional modules with importlib, not `import`"
+    )
+    assert "pynvml" in dynamic
+
+
+@pytest.mark.parametrize("field", ["Build-Depends", "Depends"])
+def test_debian_control_lists_every_imported_module(field: str) -> None:
+    package = None if field == "Build-Depends" else "docker-model-plugin"
+    relations = _relations(_deb822_field(ROOT / "debian" / "control", field, package))
+    missing = [DEBIAN_PACKAGE[module] for module in _required_modules()]
+    missing = [name for name in missing if name not in relations]
+    assert not missing, f"debian/control's {field} lacks {missing}"
+
+
+@pytest.mark.parametrize("tag", ["BuildRequires", "Requires"])
+def test_rpm_spec_lists_every_imported_module(tag: str) -> None:
+    relations = _spec_relations(tag)
+    wanted = [f"python3dist({PYPI_DISTRIBUTION[module]})" for module in _required_modules()]
+    missing = [name for name in wanted if name not in relations]
+    assert not missing, f"the spec's {tag} lacks {missing}"
+
+
+def test_version_floors_agree_between_control_and_spec() -> None:
+    build_depends = _relations(_deb822_field(ROOT / "debian" / "control", "Build-Depends"))
+    depends = _relations(
+        _deb822_field(ROOT / "debian" / "control", "Depends", "docker-model-plugin")
+    )
+    build_requires = _spec_relations("BuildRequires")
+    requires = _spec_relations("Requires")
+    for module in _required_modules():
+        debian, rpm = DEBIAN_PACKAGE[module], f"python3dist({PYPI_DISTRIBUTION[module]})"
+        floors = [
+            build_depends.get(debian, "missing"),
+            depends.get(debian, "missing"),
+            build_requires.get(rpm, "missing"),
+            requires.get(rpm, "missing"),
+        ]
+        assert len(set(floors)) == 1, (
+            module,
+            "Build-Depends, Depends, BuildRequires, Requires",
+            floors,
+        )
+
+
+def test_rpm_debian_mapping_covers_exactly_the_build_requires() -> None:
+    mapping = _rpm_builddeps_map()
+    build_requires = set(_spec_relations("BuildRequires"))
+    assert not any("%" in name for name in build_requires), "build-rpm.sh does not expand macros"
+    assert build_requires - set(mapping) == set(), "add these to rpm/builddeps-debian.txt"
+    assert set(mapping) - build_requires == set(), "stale lines in rpm/builddeps-debian.txt"
+
+
+def test_rpm_debian_mapping_agrees_with_debian_control() -> None:
+    mapping = _rpm_builddeps_map()
+    build_depends = _relations(_deb822_field(ROOT / "debian" / "control", "Build-Depends"))
+    for module in _required_modules():
+        assert mapping[f"python3dist({PYPI_DISTRIBUTION[module]})"] == [DEBIAN_PACKAGE[module]]
+    # Every Debian package of the mapping that debian/control also needs is named the same there.
+    for name in ("python3-setuptools", "python3-wheel", "help2man"):
+        assert name in build_depends
+        assert any(name in packages for packages in mapping.values())
+
+
+def test_no_package_requires_an_optional_distribution() -> None:
+    """setup.cfg may name one for pip; rpm's Python dependency generator must not require it."""
+    spec = SPEC.read_text(encoding="utf-8")
+    (exclude,) = re.findall(r"^%global __requires_exclude (.*)$", spec, re.MULTILINE)
+    depends = _relations(
+        _deb822_field(ROOT / "debian" / "control", "Depends", "docker-model-plugin")
+    )
+    for distribution in OPTIONAL_MODULES.values():
+        # The spec's regex, with rpm's macro escaping (\\ -> \) undone, matches both forms.
+        pattern = re.compile(exclude.replace("\\\\", "\\"))
+        assert pattern.match(f"python3dist({distribution})"), exclude
+        assert pattern.match(f"python3.11dist({distribution})"), exclude
+        assert f"python3dist({distribution})" not in _spec_relations("Requires")
+        assert not any(distribution in name for name in depends)
