@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 DEFAULT_MODEL_TAGS := ai/smollm2:135M-Q4_1 ai/smollm2:latest
 
 
-.PHONY: run test deps run-deps venv engine model import-default-model lint clean
+.PHONY: run test deps run-deps venv engine engine-cuda model import-default-model lint clean
 
 # Debian packages, installed only when missing. `make run` needs the engine's build tools;
 # `make test` also needs the registry, htpasswd for its basic-auth variant and headless Chromium
@@ -42,8 +42,15 @@ $(VENV)/.installed: setup.cfg setup.py
 
 venv: $(VENV)/.installed
 
+# Builds llama-server, proves it by generating tokens here, falls back to fewer instruction sets
+# when this CPU traps one (README: Engine). Cached; seconds once proven on this machine.
 engine:
 	@bin/provision-engine >/dev/null
+
+# The NVIDIA engine (GGML_CUDA=ON, architectures 80;86;89;90; needs the CUDA toolkit). Never part
+# of .ci/run: about an hour on 2 cores the first time. Proven only where a GPU answers.
+engine-cuda:
+	@PATH="$$PATH:/usr/local/cuda/bin" bin/provision-engine --cuda
 
 model:
 	@bin/provision-model >/dev/null
@@ -68,14 +75,15 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
 # --- Packages (scripts in packaging/; outputs in build/packages/) ---------------------------------
-.PHONY: deb rpm deb-engine package-test
+.PHONY: deb rpm deb-engine deb-engine-cuda package-test
 
-# docker-model-plugin_<version>_all.deb (dpkg-buildpackage -us -uc -b, then lintian); installs its
-# build dependencies when missing.
+# docker-model-plugin_<version>_all.deb: dpkg-buildpackage in a clean Debian chroot (mmdebstrap,
+# Build-Depends only), then lintian on the host.
 deb:
 	packaging/build-deb.sh
 
-# docker-model-plugin-<version>-1.noarch.rpm (rpmbuild -bb; rpm/macros.compat on Debian hosts).
+# docker-model-plugin-<version>-1.noarch.rpm: rpmbuild -bb; on Debian in a clean chroot holding the
+# spec's BuildRequires mapped to Debian packages (rpm/builddeps-debian.txt) and rpm/macros.compat.
 rpm:
 	packaging/build-rpm.sh
 
@@ -88,6 +96,12 @@ deb-engine:
 # Needs root (or sudo); uses the engine package when `make deb-engine` built one.
 package-test:
 	packaging/package-test.sh
+
+# Optional CUDA engine package docker-model-runner-llama-server-cuda (GGML_CUDA=ON, 80;86;89;90),
+# built on this host: needs NVIDIA's CUDA toolkit in /usr/local/cuda (or CUDA_HOME). Long; never
+# part of .ci/run.
+deb-engine-cuda:
+	packaging/build-engine-deb.sh --cuda
 
 # --- Benchmark: A (llama-server direct), B (this daemon), C (llama-server router) ------------------
 # Scripts in bench/; tables on stdout, bench.json, table.md and charts in bench/results/<mode>/.

@@ -22,7 +22,7 @@ from orchestrator.api.middleware import (
     RequestContextMiddleware,
 )
 from orchestrator.api.request_stats import RequestStats
-from orchestrator.engine import find_engine
+from orchestrator.engine import EngineChoice, choose_engine
 from orchestrator.errors import EngineNotFoundError
 
 if TYPE_CHECKING:
@@ -45,13 +45,15 @@ def default_registry_factory(config: Config) -> RegistryFactory:
     return make
 
 
-def locate_engine(config: Config) -> tuple[Path | None, str]:
-    """Return the llama-server path, or ``None`` and why it was not found."""
+def locate_engine(config: Config) -> tuple[EngineChoice | None, str]:
+    """Return the engine to run, or ``None`` and why none was found."""
     try:
-        return find_engine(config.llama_server_path), ""
+        choice = choose_engine(config.llama_server_path)
     except EngineNotFoundError as ex:
         log.warning("engine not found: %s", ex.message)
         return None, ex.message
+    log.info("engine path=%s %s", choice.path, choice.describe())
+    return choice, ""
 
 
 def create_scheduler(config: Config, store: Store, engine_path: Path | None) -> Scheduler:
@@ -77,6 +79,7 @@ def create_app(
     store: Store | None = None,
     scheduler: Scheduler | None = None,
     registry_factory: RegistryFactory | None = None,
+    located: tuple[EngineChoice | None, str] | None = None,
 ) -> falcon.App:
     """Return the WSGI application.
 
@@ -85,12 +88,14 @@ def create_app(
         store: The model store (default: opened at ``config.store_root``).
         scheduler: The runner scheduler (default: built and started here).
         registry_factory: Makes registry clients for push and remote inspect.
+        located: :func:`locate_engine`'s answer when the caller already has it.
     """
     if store is None:
         from orchestrator.store.store import Store
 
         store = Store(config.store_root)
-    engine_path, engine_error = locate_engine(config)
+    engine, engine_error = located if located is not None else locate_engine(config)
+    engine_path = engine.path if engine is not None else None
     if scheduler is None:
         scheduler = create_scheduler(config, store, engine_path)
     ctx = ApiContext(
@@ -101,6 +106,7 @@ def create_app(
         request_stats=RequestStats(),
         engine_path=engine_path,
         engine_error=engine_error,
+        engine=engine,
     )
     app = falcon.App(
         middleware=[RequestContextMiddleware(), CORSMiddleware(OriginPolicy(config.origins))],

@@ -177,6 +177,12 @@ class RunnerStartError(OrchestratorError):
     code = "runner_start_failed"
 
 
+class EngineCrashedError(RunnerStartError):
+    """llama-server died by SIGILL, SIGBUS or SIGSEGV while loading (see runners/crashes.py)."""
+
+    code = "engine_crashed"
+
+
 class RunnerTimeoutError(OrchestratorError):
     """llama-server was not ready before the load deadline."""
 

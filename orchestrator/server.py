@@ -126,9 +126,10 @@ class DaemonApplication(BaseApplication):  # type: ignore[misc]
         from orchestrator.store.store import Store
 
         store = Store(self.config.store_root)
-        engine_path, _ = locate_engine(self.config)
-        self.scheduler = create_scheduler(self.config, store, engine_path)
-        return create_app(self.config, store=store, scheduler=self.scheduler)
+        located = locate_engine(self.config)
+        engine = located[0]
+        self.scheduler = create_scheduler(self.config, store, engine.path if engine else None)
+        return create_app(self.config, store=store, scheduler=self.scheduler, located=located)
 
     def shutdown_runners(self, reason: str) -> None:
         """Stop every runner (idempotent; safe from any thread)."""

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from orchestrator.api.request_stats import RequestStats
     from orchestrator.config import Config
+    from orchestrator.engine import EngineChoice
     from orchestrator.registry.client import RegistryClient
     from orchestrator.runners.scheduler import Scheduler
     from orchestrator.store.store import Store
@@ -72,6 +73,7 @@ class ApiContext:
         request_stats: Request-side metrics.
         engine_path: The llama-server binary (``None`` when it was not found).
         engine_error: Why it was not found.
+        engine: Which engine it is (flavor, variant, devices), for ``/engines/status``.
     """
 
     config: Config
@@ -81,6 +83,7 @@ class ApiContext:
     request_stats: RequestStats
     engine_path: Path | None = None
     engine_error: str = ""
+    engine: EngineChoice | None = None
 
 
 def add_routes(app: falcon.App, ctx: ApiContext) -> None:

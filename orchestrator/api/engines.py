@@ -48,7 +48,13 @@ def engine_version(engine_path: Path) -> str:
 
 
 class StatusResource:
-    """``GET /engines/status``: ``{"llama.cpp": "Running: llama.cpp <version>"}``."""
+    """``GET /engines/status``: ``{"llama.cpp": "Running: llama.cpp <version>, <engine>"}``.
+
+    The text after the version says which engine build runs on which devices
+    (:meth:`EngineChoice.describe`). An engine that crashed at load with SIGILL (see
+    ``runners/crashes.py``) turns the status into ``Error: <why and the fix>`` until the binary
+    changes; ``docker model status`` and the dashboard show this text as it is.
+    """
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
@@ -59,9 +65,11 @@ class StatusResource:
         if self.ctx.engine_path is None:
             return f"Not Installed: {self.ctx.engine_error or 'llama-server was not found'}"
         try:
-            return f"Running: llama.cpp {engine_version(self.ctx.engine_path)}"
+            version = engine_version(self.ctx.engine_path)
         except (OSError, subprocess.SubprocessError) as ex:
             return f"Error: cannot run {str(self.ctx.engine_path)!r}: {ex}"
+        engine = self.ctx.engine
+        return f"Running: llama.cpp {version}" + (f", {engine.describe()}" if engine else "")
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self._lock:
@@ -69,6 +77,9 @@ class StatusResource:
                 # Run once: the binary does not change under a running daemon.
                 self._status = self._compute()
             status = self._status
+        crash = self.ctx.scheduler.crashes.engine_crash()
+        if crash is not None:
+            status = f"Error: {crash.error.message}"
         resp.content_type = falcon.MEDIA_JSON
         resp.data = json.dumps({BACKEND: status}).encode()
 

@@ -35,10 +35,12 @@ import psutil
 
 from orchestrator import logs
 from orchestrator.errors import (
+    EngineCrashedError,
     RunnerStartError,
     RunnerTimeoutError,
     ServiceUnavailableError,
 )
+from orchestrator.runners.crashes import explain_crash
 from orchestrator.runners.health import HEALTH_REQUEST_TIMEOUT_SECONDS, probe_health
 from orchestrator.runners.launcher import Launcher
 from orchestrator.runners.state import RunnerState, transition
@@ -318,6 +320,23 @@ class RunnerProcess:
         tail = self.log_tail()
         hint = explain_failure(tail)
         how = self.exit_description or "exited"
+        details: dict[str, object] = {
+            "exit_status": self.returncode,
+            "exit": how,
+            "log_tail": tail,
+            "log_file": str(self.log_path),
+            "argv": self.argv,
+        }
+        # Death by a signal we did not send, before ready: SIGILL & co get their own error.
+        signum = -self.returncode if self.returncode is not None and self.returncode < 0 else 0
+        crash = (
+            explain_crash(signum, self.label)
+            if signum and self._state is not RunnerState.STOPPED and not self._killed_by_us
+            else None
+        )
+        if crash is not None:
+            details["signal"] = signum
+            return EngineCrashedError(f"{crash}; engine log {str(self.log_path)!r}", details=details)
         if self._state is RunnerState.STOPPED:
             message = f"runner for {self.label} was stopped while loading; retry the request"
         else:
@@ -326,16 +345,7 @@ class RunnerProcess:
                 f"cannot start the runner for {self.label}: {reason}; see the engine log "
                 f"{str(self.log_path)!r}"
             )
-        return RunnerStartError(
-            message,
-            details={
-                "exit_status": self.returncode,
-                "exit": how,
-                "log_tail": tail,
-                "log_file": str(self.log_path),
-                "argv": self.argv,
-            },
-        )
+        return RunnerStartError(message, details=details)
 
     def wait_ready(
         self,

@@ -32,6 +32,7 @@ from pathlib import Path
 from orchestrator import logs
 from orchestrator.config import Config, format_duration
 from orchestrator.errors import (
+    EngineCrashedError,
     InvalidRequestError,
     OrchestratorError,
     RunnerStartError,
@@ -41,8 +42,15 @@ from orchestrator.errors import (
 from orchestrator.runners import policy
 from orchestrator.runners.admission import SOCKET_PLACEHOLDER, RunnerMemory
 from orchestrator.runners.configs import CONFIG_FILE_NAME, RunnerConfigStore
+from orchestrator.runners.crashes import CrashMemory
 from orchestrator.runners.eviction import AdmissionMixin, Prepared
-from orchestrator.runners.info import BACKEND_NAME, RecordLike, RunnerInfo, StoreLike, short_id
+from orchestrator.runners.info import (
+    BACKEND_NAME,
+    RecordLike,
+    RunnerInfo,
+    StoreLike,
+    short_id,
+)
 from orchestrator.runners.launcher import Launcher
 from orchestrator.runners.lease import Lease, RunnerEntry, copy_error
 from orchestrator.runners.llamacpp import MODES, build_argv, context_size_for
@@ -99,6 +107,8 @@ class Scheduler(AdmissionMixin, ManagementMixin):
         self._config = config
         self._store = store
         self._engine_path = Path(engine_path)
+        # Load-time crashes (SIGILL & co) are explained once and not retried in a loop.
+        self.crashes = CrashMemory(self._engine_path)
         self._runners_dir = Path(runtime_dir) / "runners"
         self._log_dir = Path(log_dir)
         self.stats = stats if stats is not None else RunnerStats()
@@ -265,6 +275,7 @@ class Scheduler(AdmissionMixin, ManagementMixin):
         return self._wait_for_start(runner, deadline, name, began if waiting else None)
 
     def _prepare(self, record: RecordLike, mode: str) -> Prepared:
+        self.crashes.check(record.id)
         settings = self.configs.get(record.id, mode)
         bundle = self._store.bundle(record)
         argv = build_argv(
@@ -365,6 +376,10 @@ class Scheduler(AdmissionMixin, ManagementMixin):
         self, runner: RunnerEntry, process: RunnerProcess | None, ex: BaseException
     ) -> None:
         failure = self._start_failure(ex)
+        if isinstance(ex, EngineCrashedError) and not self._closed:
+            signum = ex.details.get("signal")
+            if isinstance(signum, int):
+                self.crashes.record(signum, runner.model_id, ex)
         if isinstance(ex, RunnerTimeoutError):
             self.stats.record_start_failure("timeout")
         elif isinstance(ex, RunnerStartError) and not self._closed:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.store_stub import StubStore
+from tests.fakes.store_stub import StubRecord, StubStore
 from tests.support.processes import is_gone
 
 
@@ -45,3 +45,14 @@ def started_pids(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
 @pytest.fixture
 def store(workdir: Path) -> StubStore:
     return StubStore(workdir / "store")
+
+
+def add_stub_model(store: StubStore, gguf: Path, name: str) -> StubRecord:
+    """Add ``docker.io/ai/<name>:latest`` to ``store``, written as a 4-byte stand-in at ``gguf``."""
+    gguf.write_bytes(b"GGUF")
+    return store.add(gguf, tags=(f"docker.io/ai/{name}:latest",), config={"context_size": 2048})
+
+
+@pytest.fixture
+def record(store: StubStore, workdir: Path) -> StubRecord:
+    return add_stub_model(store, workdir / "model.gguf", "smollm2")

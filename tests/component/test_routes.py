@@ -100,9 +100,13 @@ def test_prefix_and_double_slashes(shared: ApiHarness) -> None:
 
 
 def test_engines_status_and_df(shared: ApiHarness) -> None:
-    """Status names llama.cpp; df reports the store's bytes."""
+    """Status names llama.cpp, its version and which engine on which devices; df reports bytes."""
     status = json.loads(shared.client.simulate_get("/engines/status").text)
-    assert status == {"llama.cpp": "Running: llama.cpp 0.0.0-fake (build 0, commit fake)"}
+    assert list(status) == ["llama.cpp"]
+    assert status["llama.cpp"].startswith(
+        "Running: llama.cpp 0.0.0-fake (build 0, commit fake), "
+        "CPU engine configured (LLAMA_SERVER_PATH) on CPU: "
+    )
     df = json.loads(shared.client.simulate_get("/engines/df").text)
     assert df["models_disk_usage"] > 0
     assert df["default_backend_disk_usage"] > 0

@@ -52,13 +52,6 @@ def request(socket_path: str, method: str, path: str, body: object = None) -> tu
 
 
 @pytest.fixture
-def record(store: StubStore, workdir: Path) -> StubRecord:
-    gguf = workdir / "model.gguf"
-    gguf.write_bytes(b"GGUF")
-    return store.add(gguf, tags=("docker.io/ai/smollm2:latest",), config={"context_size": 2048})
-
-
-@pytest.fixture
 def make_scheduler(
     store: StubStore, workdir: Path, started_pids: Callable[[], list[int]]
 ) -> Iterator[Callable[..., Scheduler]]:

