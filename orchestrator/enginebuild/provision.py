@@ -52,6 +52,10 @@ COMMON_CMAKE_ARGS: tuple[str, ...] = (
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_CURL=OFF",
     "-DGGML_RPC=ON",
+    # No web UI (runners serve none: --no-webui), and above all no download of a prebuilt one:
+    # by default llama.cpp's configure step fetches it from the internet.
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
     # One self-contained binary: a cache directory can be copied, and the daemon's service user
     # needs no RPATH into someone's home.
     "-DBUILD_SHARED_LIBS=OFF",

@@ -228,3 +228,9 @@ def test_the_lock_serialises_provisioners(tmp_path: Path) -> None:
     assert messages == ["another provisioner is building; waiting for it"]
     with provision.provisioning_lock(tmp_path, messages.append, timeout=0.2):
         pass  # free again
+
+
+def test_the_build_downloads_nothing_and_carries_the_rpc_worker() -> None:
+    # llama.cpp's configure step fetches a prebuilt web UI from the internet unless told not to.
+    assert "-DLLAMA_USE_PREBUILT_UI=OFF" in provision.COMMON_CMAKE_ARGS
+    assert "-DGGML_RPC=ON" in provision.COMMON_CMAKE_ARGS
