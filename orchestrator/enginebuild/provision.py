@@ -30,6 +30,7 @@ from pathlib import Path
 
 from orchestrator.enginebuild.proof import ProofResult
 from orchestrator.enginebuild.records import (
+    FLAVOR_CUDA,
     BuildRecord,
     CachedBuild,
     CpuIdentity,
@@ -250,6 +251,35 @@ def fetch_source(version: str, cache_root: Path, log: Log) -> SourceTree:
     return tree
 
 
+def check_cuda_toolkit(cuda_home: Path) -> None:
+    """Fail early, in plain words, when the CUDA toolkit lacks what ggml-cuda builds with.
+
+    ggml-cuda needs nvcc, the runtime and cuBLAS (it links ``CUDA::cublas`` unconditionally);
+    CMake's own message for a toolkit without cuBLAS is "the target was not found". Some images
+    ship a partial toolkit (nvcc and cudart only), as the one this project's CI machine has.
+
+    Raises:
+        ProvisionError: Something is missing; the message names it and what to install.
+    """
+    libraries = [cuda_home / "lib64", *sorted(cuda_home.glob("targets/*/lib"))]
+    headers = [cuda_home / "include", *sorted(cuda_home.glob("targets/*/include"))]
+    missing = []
+    if not (cuda_home / "bin" / "nvcc").is_file():
+        missing.append("bin/nvcc")
+    if not any((directory / "libcudart.so").exists() for directory in libraries):
+        missing.append("libcudart.so")
+    if not any((directory / "libcublas.so").exists() for directory in libraries):
+        missing.append("libcublas.so")
+    if not any((directory / "cublas_v2.h").is_file() for directory in headers):
+        missing.append("cublas_v2.h")
+    if missing:
+        raise ProvisionError(
+            f"the CUDA toolkit at {cuda_home} lacks {', '.join(missing)}, which llama.cpp's CUDA "
+            f"backend builds with; install the whole toolkit (NVIDIA's cuda-toolkit, or at least "
+            f"cuda-nvcc, cuda-cudart-dev and libcublas-dev) or set CUDA_HOME to one that has them"
+        )
+
+
 def cmake_builder(tree: SourceTree, flavor: str, flavor_args: tuple[str, ...], jobs: int, log: Log) -> Builder:
     """Return a :data:`Builder` that compiles ``llama-server`` and ``rpc-server`` with CMake."""
 
@@ -257,6 +287,8 @@ def cmake_builder(tree: SourceTree, flavor: str, flavor_args: tuple[str, ...], j
         for tool in ("cmake", "c++"):
             if shutil.which(tool) is None:
                 raise ProvisionError(f"{tool} is required to build the engine (apt-get install cmake g++)")
+        if flavor == FLAVOR_CUDA:
+            check_cuda_toolkit(Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")))
         build_dir = tree.work_dir / f"build-{flavor}-{variant.name}"
         args = [*COMMON_CMAKE_ARGS, *flavor_args, *variant.cmake_args]
         env = dict(os.environ)

@@ -234,3 +234,18 @@ def test_the_build_downloads_nothing_and_carries_the_rpc_worker() -> None:
     # llama.cpp's configure step fetches a prebuilt web UI from the internet unless told not to.
     assert "-DLLAMA_USE_PREBUILT_UI=OFF" in provision.COMMON_CMAKE_ARGS
     assert "-DGGML_RPC=ON" in provision.COMMON_CMAKE_ARGS
+
+
+def test_a_partial_cuda_toolkit_is_named_before_cmake_runs(tmp_path: Path) -> None:
+    # What this project's CI image has: nvcc and the runtime, no cuBLAS.
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").write_text("")
+    (tmp_path / "lib64").mkdir()
+    (tmp_path / "lib64" / "libcudart.so").write_text("")
+    with pytest.raises(provision.ProvisionError, match="lacks libcublas.so, cublas_v2.h"):
+        provision.check_cuda_toolkit(tmp_path)
+    (tmp_path / "targets" / "x86_64-linux" / "lib").mkdir(parents=True)
+    (tmp_path / "targets" / "x86_64-linux" / "lib" / "libcublas.so").write_text("")
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "cublas_v2.h").write_text("")
+    provision.check_cuda_toolkit(tmp_path)  # complete: no error
