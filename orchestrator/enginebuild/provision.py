@@ -254,9 +254,10 @@ def fetch_source(version: str, cache_root: Path, log: Log) -> SourceTree:
 def check_cuda_toolkit(cuda_home: Path) -> None:
     """Fail early, in plain words, when the CUDA toolkit lacks what ggml-cuda builds with.
 
-    ggml-cuda needs nvcc, the runtime and cuBLAS (it links ``CUDA::cublas`` unconditionally);
-    CMake's own message for a toolkit without cuBLAS is "the target was not found". Some images
-    ship a partial toolkit (nvcc and cudart only), as the one this project's CI machine has.
+    ggml-cuda needs nvcc, the runtime, cuBLAS (it links ``CUDA::cublas`` unconditionally) and
+    the driver library or its link stub (``CUDA::cuda_driver``, for its virtual-memory pool);
+    CMake's own message for a missing one is "the target was not found". Some images ship a
+    partial toolkit (nvcc and cudart only), as the one this project's CI machine has.
 
     Raises:
         ProvisionError: Something is missing; the message names it and what to install.
@@ -272,11 +273,15 @@ def check_cuda_toolkit(cuda_home: Path) -> None:
         missing.append("libcublas.so")
     if not any((directory / "cublas_v2.h").is_file() for directory in headers):
         missing.append("cublas_v2.h")
+    driver = [path for directory in libraries for path in (directory, directory / "stubs")]
+    if not any((directory / "libcuda.so").exists() for directory in driver):
+        missing.append("libcuda.so (stubs/)")
     if missing:
         raise ProvisionError(
             f"the CUDA toolkit at {cuda_home} lacks {', '.join(missing)}, which llama.cpp's CUDA "
             f"backend builds with; install the whole toolkit (NVIDIA's cuda-toolkit, or at least "
-            f"cuda-nvcc, cuda-cudart-dev and libcublas-dev) or set CUDA_HOME to one that has them"
+            f"cuda-nvcc, cuda-cudart-dev, cuda-driver-dev and libcublas-dev) or set CUDA_HOME to "
+            f"one that has them"
         )
 
 

@@ -242,10 +242,14 @@ def test_a_partial_cuda_toolkit_is_named_before_cmake_runs(tmp_path: Path) -> No
     (tmp_path / "bin" / "nvcc").write_text("")
     (tmp_path / "lib64").mkdir()
     (tmp_path / "lib64" / "libcudart.so").write_text("")
-    with pytest.raises(provision.ProvisionError, match="lacks libcublas.so, cublas_v2.h"):
+    with pytest.raises(
+        provision.ProvisionError, match=r"lacks libcublas.so, cublas_v2.h, libcuda.so \(stubs/\)"
+    ):
         provision.check_cuda_toolkit(tmp_path)
     (tmp_path / "targets" / "x86_64-linux" / "lib").mkdir(parents=True)
     (tmp_path / "targets" / "x86_64-linux" / "lib" / "libcublas.so").write_text("")
     (tmp_path / "include").mkdir()
     (tmp_path / "include" / "cublas_v2.h").write_text("")
+    (tmp_path / "lib64" / "stubs").mkdir()
+    (tmp_path / "lib64" / "stubs" / "libcuda.so").write_text("")
     provision.check_cuda_toolkit(tmp_path)  # complete: no error
