@@ -48,9 +48,10 @@ engine:
 	@bin/provision-engine >/dev/null
 
 # The NVIDIA engine (GGML_CUDA=ON, architectures 80;86;89;90; needs the CUDA toolkit). Never part
-# of .ci/run: about an hour on 2 cores the first time. Proven only where a GPU answers.
+# of .ci/run: about an hour on 2 cores the first time. Proven only where a GPU answers. The toolkit
+# is $CUDA_HOME (default /usr/local/cuda); a partial one is named before anything compiles.
 engine-cuda:
-	@PATH="$$PATH:/usr/local/cuda/bin" bin/provision-engine --cuda
+	@bin/provision-engine --cuda
 
 model:
 	@bin/provision-model >/dev/null

