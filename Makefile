@@ -68,9 +68,15 @@ test: deps venv engine model
 	DMR_TEST_MODEL="$$(bin/provision-model)" \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# ruff (rules in ruff.toml: pycodestyle, pyflakes, imports, bugbear, pyupgrade, no preexec_fn,
+# complexity at most 15) and mypy (setup.cfg [mypy]); both must be clean. Pinned, so a new
+# release cannot turn CI red on its own.
+LINT_TOOLS := ruff==0.17.6 mypy==2.4.1
+
 lint: venv
-	$(BIN)/pip install --quiet ruff
-	$(BIN)/ruff check orchestrator tests
+	$(BIN)/pip install --quiet $(LINT_TOOLS)
+	$(BIN)/ruff check orchestrator tests bench
+	$(BIN)/mypy orchestrator
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -17,10 +17,13 @@ def _bars(
     if errors is not None:
         yerr = [
             [0.0] * len(clean),
-            [max(0.0, (0.0 if math.isnan(e) else e) - v) for e, v in zip(errors, clean)],
+            [
+                max(0.0, (0.0 if math.isnan(e) else e) - v)
+                for e, v in zip(errors, clean, strict=True)
+            ],
         ]
     bars = ax.bar(names, clean, color=colors, yerr=yerr, capsize=4)
-    for bar, value in zip(bars, values):
+    for bar, value in zip(bars, values, strict=True):
         # Inside the bar, below its top: the p90 whisker starts at the top.
         label = "n/a" if math.isnan(value) else f"{value:.1f}"
         ax.annotate(

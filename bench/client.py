@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bench.procs import open_connection
+from orchestrator.unixhttp import open_connection
 
 REQUEST_TIMEOUT_SECONDS = 180.0
 READ_SIZE = 65536
@@ -136,10 +136,9 @@ def stream_chat(
         )
     finally:
         conn.close()
-    match = None
-    for match in _COMPLETION_TOKENS.finditer(tail):
-        pass
-    tokens = int(match.group(1)) if match else counted
+    # The last usage block in the tail is the final one.
+    matches = list(_COMPLETION_TOKENS.finditer(tail))
+    tokens = int(matches[-1].group(1)) if matches else counted
     error = ""
     if b'"error"' in tail:
         error = "error event in stream: " + tail[-300:].decode(errors="replace")

@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     """Run the comparison; return the exit status."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=PATH")
@@ -53,9 +55,18 @@ def main() -> int:
                 speeds[name].append((result.tokens_per_second, result.prompt_tokens_per_second))
             else:
                 failures[name] = result.detail
-    reference = next((name for name, server, extra in candidates if server == chosen and not extra), None)
-    ref_speed = statistics.median(s for s, _ in speeds[reference]) if reference and speeds[reference] else 0.0
-    print(f"model {model.name}, {args.tokens} tokens, {args.rounds} rounds; chosen build: {reference}")
+    reference = next(
+        (name for name, server, extra in candidates if server == chosen and not extra), None
+    )
+    ref_speed = (
+        statistics.median(s for s, _ in speeds[reference])
+        if reference and speeds[reference]
+        else 0.0
+    )
+    print(
+        f"model {model.name}, {args.tokens} tokens, {args.rounds} rounds; "
+        f"chosen build: {reference}"
+    )
     print(f"{'build':<24} {'gen tok/s':>10} {'prompt tok/s':>13} {'vs chosen':>10}")
     for name, _, _ in candidates:
         if name in failures:

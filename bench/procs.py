@@ -12,13 +12,14 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from orchestrator.unixhttp import open_connection
 
 # The same loopback helpers the test suite uses (re-exported for the bench modules).
 from tests.support.processes import free_port, wait_until  # noqa: F401
@@ -135,33 +136,6 @@ def engine_children(pid: int | None) -> list[int]:
 
 
 # --- HTTP probes over TCP or a Unix socket ---------------------------------------------------
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """``http.client`` over a Unix stream socket (llama-server's ``--host <path>``)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        """Open the Unix socket (called by ``http.client``)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def open_connection(address: str, timeout: float) -> http.client.HTTPConnection:
-    """Return a connection to ``/unix/socket/path`` or ``host:port``."""
-    if address.startswith("/"):
-        return UnixHTTPConnection(address, timeout)
-    host, _, port = address.rpartition(":")
-    return http.client.HTTPConnection(host, int(port), timeout=timeout)
 
 
 def http_status(address: str, path: str, timeout: float = HTTP_PROBE_TIMEOUT_SECONDS) -> int | None:

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from bench import inference
 from bench.client import Target, burst, request_json, stream_chat, timed_get
-from bench.procs import BenchError, open_connection, thread_cpu_seconds
+from bench.procs import BenchError, thread_cpu_seconds
 from bench.run import REPO_ROOT, find_model, log
 from bench.storebench import make_synthetic_store
 from bench.targets import DAEMON_MODEL, Daemon, Workspace, package_model, start_daemon
+from orchestrator.unixhttp import open_connection
 
 WORKLOADS = ("stream", "concurrent", "ttft", "models", "cold")
 SAMPLE_RATE = 100

@@ -56,7 +56,9 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         # Paired by round: each round's B (or C) mean over the same round's A mean, then the
         # median over rounds; drift between rounds cancels out.
         for key in ("B", "C"):
-            pairs = zip(single[key]["round_mean_tps"], single["A"]["round_mean_tps"])
+            pairs = zip(
+                single[key]["round_mean_tps"], single["A"]["round_mean_tps"], strict=True
+            )
             gen[f"paired_ratio_{key}_A"] = median([_ratio(x, a) for x, a in pairs if a and x])
         out["1_generation"] = gen
         ttft = {
@@ -115,7 +117,11 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
                     "ttft_median_ms": median(entry["ttft_s"]) * 1e3,
                 }
             for other in ("B", "C"):
-                pairs = zip(conc[other][level]["aggregate_tps"], conc["A"][level]["aggregate_tps"])
+                pairs = zip(
+                    conc[other][level]["aggregate_tps"],
+                    conc["A"][level]["aggregate_tps"],
+                    strict=True,
+                )
                 row[f"paired_ratio_{other}_A"] = median([_ratio(x, a) for x, a in pairs if a and x])
             row["ratio_B_A"] = _ratio(
                 row["B"]["aggregate_tps_median"], row["A"]["aggregate_tps_median"]

@@ -29,12 +29,12 @@ from bench.client import request_json, timed_get
 from bench.procs import (
     BenchError,
     free_port,
-    open_connection,
     peak_rss_bytes,
     rss_bytes,
     wait_http_ready,
 )
 from bench.targets import Daemon, Workspace, start_daemon
+from orchestrator.unixhttp import open_connection
 
 API_PATHS = ("/version", "/models", "/engines/v1/models", "/engines/ps")
 CREATED = datetime(2025, 1, 1, tzinfo=UTC)

@@ -149,8 +149,8 @@ def start_daemon(ws: Workspace, name: str, models_path: Path) -> Daemon:
 
 def direct_argv(ws: Workspace, models_path: Path, socket_path: Path) -> list[str]:
     """Return the argv the daemon's scheduler would use for the model, on ``socket_path``."""
-    from orchestrator.config import Config
     from orchestrator.runners.llamacpp import build_argv
+    from orchestrator.settings import Config
     from orchestrator.store.store import Store
 
     store = Store(models_path)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import falcon
 
-from orchestrator.api import ApiContext, RegistryFactory, add_routes
+from orchestrator.api import add_routes
 from orchestrator.api import errors as api_errors
+from orchestrator.api.context import ApiContext, RegistryFactory
 from orchestrator.api.middleware import (
     CORSMiddleware,
     OriginPolicy,
@@ -26,8 +27,8 @@ from orchestrator.engine import EngineChoice, choose_engine
 from orchestrator.errors import EngineNotFoundError
 
 if TYPE_CHECKING:
-    from orchestrator.config import Config
     from orchestrator.runners.scheduler import Scheduler
+    from orchestrator.settings import Config
     from orchestrator.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,11 @@ def create_app(
         engine_error=engine_error,
         engine=engine,
     )
-    app = falcon.App(
-        middleware=[RequestContextMiddleware(), CORSMiddleware(OriginPolicy(config.origins))],
-    )
+    middleware: list[Any] = [
+        RequestContextMiddleware(),
+        CORSMiddleware(OriginPolicy(config.origins)),
+    ]
+    app = falcon.App(middleware=middleware)
     app.req_options.keep_blank_qs_values = True
     app.req_options.strip_url_path_trailing_slash = False
     api_errors.install(app)

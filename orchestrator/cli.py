@@ -1,7 +1,7 @@
 """The ``model-runner`` command: run the daemon, or import a GGUF file into the store offline.
 
 ``model-runner`` (or ``model-runner serve``) starts the daemon; every setting of
-:data:`orchestrator.config.SETTINGS` is also a flag. ``model-runner package`` writes a GGUF file
+:data:`orchestrator.settings.SETTINGS` is also a flag. ``model-runner package`` writes a GGUF file
 into the local store without a running daemon — what ``make run`` and the packages' post-install
 step use to provision the default model.
 
@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator import __version__
-from orchestrator.config import SETTINGS, Config, load
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.settings import SETTINGS, Config, load
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -28,7 +28,7 @@ EXIT_INTERRUPTED = 130
 
 # NOTE: a fixed creation time makes `make run` idempotent: the same GGUF file always gives the
 # same manifest, so the default model keeps its ID across re-imports.
-PROVISIONING_CREATED = datetime(2025, 1, 1, tzinfo=timezone.utc)
+PROVISIONING_CREATED = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:

@@ -76,7 +76,8 @@ def nvml_gpus() -> list[str]:
     probe = NvmlProbe()
     try:
         return [
-            f"GPU {gpu.index}: {gpu.name}, {gpu.total_bytes / 2**30:.1f} GiB" for gpu in probe.gpus()
+            f"GPU {gpu.index}: {gpu.name}, {gpu.total_bytes / 2**30:.1f} GiB"
+            for gpu in probe.gpus()
         ]
     finally:
         probe.close()

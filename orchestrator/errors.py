@@ -21,6 +21,8 @@ class OrchestratorError(Exception):
         param: Request field the error is about, if any.
         details: Evidence for logs and the CLI (exit status, log tail, registry errors);
             never sent in an HTTP body.
+        retry_after: Seconds after which a retry may succeed; the API sends it as
+            ``Retry-After`` (429 and 503 refusals). ``None``: no such advice.
     """
 
     status = 500
@@ -33,11 +35,13 @@ class OrchestratorError(Exception):
         *,
         param: str | None = None,
         details: dict[str, object] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.details = details or {}
+        self.retry_after: int | None = max(int(retry_after), 1) if retry_after is not None else None
 
     def to_dict(self) -> dict[str, object]:
         """Return the OpenAI-shaped error body."""
@@ -258,8 +262,7 @@ class MemoryBusyError(InsufficientMemoryError):
 class TooManyRequestsError(OrchestratorError):
     """Too many requests already wait for this model's runner; retry after ``retry_after`` s.
 
-    ``headers`` holds ``Retry-After`` for the API renderer. The delay is kept in ``details``
-    too, so a copy made from message, param and details keeps it.
+    Always carries ``retry_after`` (1 s when not given).
     """
 
     status = 429
@@ -270,14 +273,8 @@ class TooManyRequestsError(OrchestratorError):
         self,
         message: str,
         *,
-        retry_after: int | None = None,
         param: str | None = None,
         details: dict[str, object] | None = None,
+        retry_after: int | None = None,
     ) -> None:
-        super().__init__(message, param=param, details=details)
-        if retry_after is None:
-            stored = self.details.get("retry_after", 1)
-            retry_after = stored if isinstance(stored, int) else 1
-        self.retry_after = max(int(retry_after), 1)
-        self.details["retry_after"] = self.retry_after
-        self.headers = {"Retry-After": str(self.retry_after)}
+        super().__init__(message, param=param, details=details, retry_after=retry_after or 1)

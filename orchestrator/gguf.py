@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.errors import InvalidModelFileError
+from orchestrator.memory.sizes import format_bytes
 
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -568,18 +569,20 @@ def format_parameters(count: int) -> str:
     return _trim(f"{float(count):.2f}")
 
 
-_BYTE_UNITS = (
-    (2**50, "Pi"), (1e15, "P"), (2**40, "Ti"), (1e12, "T"), (2**30, "Gi"), (1e9, "G"),
-    (2**20, "Mi"), (1e6, "M"), (2**10, "Ki"), (1e3, "K"),
+# gguf-parser's GGUFBytesScalar: the largest binary or decimal unit the size reaches.
+_PARSER_BYTE_UNITS: tuple[tuple[float, str], ...] = (
+    (2**50, "PiB"), (1e15, "PB"), (2**40, "TiB"), (1e12, "TB"), (2**30, "GiB"), (1e9, "GB"),
+    (2**20, "MiB"), (1e6, "MB"), (2**10, "KiB"), (1e3, "KB"),
 )  # fmt: skip
 
 
-def format_bytes(size: int) -> str:
-    """Format a byte count like gguf-parser's GGUFBytesScalar, without the space: ``93.81MiB``."""
-    for base, unit in _BYTE_UNITS:
-        if size >= base:
-            return _trim(f"{size / base:.2f}") + unit + "B"
-    return _trim(f"{float(size):.2f}") + "B"
+def format_model_size(size: int) -> str:
+    """Format a byte count like gguf-parser's GGUFBytesScalar, without the space: ``93.81MiB``.
+
+    The ``size`` of a model's config; DMR writes the same text, so the config blob (and the
+    model ID) of a packaged model matches DMR's.
+    """
+    return format_bytes(size, decimals=2, separator="", units=_PARSER_BYTE_UNITS)
 
 
 def _trim(number: str) -> str:
@@ -650,7 +653,7 @@ def gguf_model_config(paths: list[Path]) -> dict[str, Any]:
         "quantization": quantization or _guess_file_type(all_tensors, first.architecture),
         "parameters": format_parameters(sum(i.parameter_count for i in infos)),
         "architecture": architecture,
-        "size": format_bytes(sum(_parser_model_size(i) for i in infos)),
+        "size": format_model_size(sum(_parser_model_size(i) for i in infos)),
     }
     gguf_map = {
         key: text for key, value in merged.items() if (text := format_value(value)) is not None

@@ -8,10 +8,10 @@
 sent *or* when the client goes away (gunicorn closes the iterable after a failed write); the
 upstream connection is shut down at once, so llama-server stops generating.
 
-This is the hot path (facts.md: a thread-per-stream relay costs about 120 ms of CPU per 1000
-tokens, the target is 150 ms): per token one ``recv`` (no ``poll``: see
-:meth:`UnixHTTPConnection.connect`), a few slices in :func:`dechunker`, one ``yield``; no
-logging, no clock reads, no locks per chunk.
+This is the hot path (measured on 2 cores: a thread-per-stream relay costs about 120 ms of CPU
+per 1000 tokens, README's Performance section): per token one ``recv`` (no ``poll``: see the
+``io_timeout`` of :class:`~orchestrator.unixhttp.UnixHTTPConnection`), a few slices in
+:func:`dechunker`, one ``yield``; no logging, no clock reads, no locks per chunk.
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ import http.client
 import json
 import logging
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
+from orchestrator import unixhttp
 from orchestrator.errors import (
     OrchestratorError,
     RunnerCrashedError,
     RunnerTimeoutError,
     ServiceUnavailableError,
 )
+from orchestrator.unixhttp import UnixHTTPConnection  # noqa: F401 (re-exported, see below)
 
 if TYPE_CHECKING:
     import falcon
@@ -107,47 +108,24 @@ class TimerLike(Protocol):
         """Record the end of the request."""
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """An :class:`http.client.HTTPConnection` over a Unix stream socket.
+def open_runner_connection(address: str) -> http.client.HTTPConnection:
+    """Return an unconnected connection to a runner with the proxy's timeouts.
 
-    Args:
-        socket_path: Path of the runner's socket.
-        timeout: Connect timeout in seconds; reads use :data:`READ_TIMEOUT_SECONDS`.
-    """
-
-    def __init__(self, socket_path: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        """Connect to the Unix socket (bounded), then switch to kernel I/O timeouts."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
-            # NOTE(api): on a socket with a Python timeout every recv() is preceded by a
-            # poll(); a blocking socket with SO_RCVTIMEO keeps the bound and saves that system
-            # call on every streamed token (see _timed_out() for how the timeout surfaces).
-            sock.settimeout(None)
-            timeval = struct.pack("@ll", int(READ_TIMEOUT_SECONDS), 0)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-def open_connection(address: str) -> http.client.HTTPConnection:
-    """Return an unconnected connection to a runner address.
+    The connect is bounded by :data:`CONNECT_TIMEOUT_SECONDS`; each later read or write (a bound
+    on silence) by :data:`READ_TIMEOUT_SECONDS`, through kernel socket options on a Unix socket
+    (see :class:`~orchestrator.unixhttp.UnixHTTPConnection`).
 
     Args:
         address: A Unix socket path, or ``host:port`` for engines that cannot bind a socket.
     """
-    if address.startswith(("/", ".")):
-        return UnixHTTPConnection(address)
-    host, _, port = address.rpartition(":")
-    return http.client.HTTPConnection(host or "127.0.0.1", int(port), timeout=READ_TIMEOUT_SECONDS)
+    return unixhttp.open_connection(
+        address, READ_TIMEOUT_SECONDS, connect_timeout=CONNECT_TIMEOUT_SECONDS
+    )
+
+
+# NOTE(api): orchestrator.api.metrics imports ``UnixHTTPConnection`` (re-exported above) and
+# ``open_connection`` from here; both can go once it uses orchestrator.unixhttp directly.
+open_connection = open_runner_connection
 
 
 def _timed_out(ex: BaseException, since: float | None) -> bool:
@@ -443,7 +421,7 @@ def forward(
         RunnerCrashedError: The runner could not be reached or died before answering.
         RunnerTimeoutError: The runner accepted the request but sent no headers in time.
     """
-    conn = open_connection(lease.socket_path)
+    conn = open_runner_connection(lease.socket_path)
     sent = time.monotonic()
     try:
         conn.putrequest(req.method, upstream_path, skip_host=True, skip_accept_encoding=True)

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import psutil
 from gunicorn.app.base import BaseApplication
 
-from orchestrator.logs import setup_logging
+from orchestrator.logfiles import setup_logging
 from orchestrator.proxy import abort_streams
 
 if TYPE_CHECKING:
-    from orchestrator.config import Config
     from orchestrator.runners.scheduler import Scheduler
+    from orchestrator.settings import Config
 
 log = logging.getLogger(__name__)
 

@@ -42,48 +42,14 @@ Path                                                    Method  Resource
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from orchestrator.api.context import ApiContext, RegistryFactory
 
 if TYPE_CHECKING:
     import falcon
 
-    from orchestrator.api.request_stats import RequestStats
-    from orchestrator.config import Config
-    from orchestrator.engine import EngineChoice
-    from orchestrator.registry.client import RegistryClient
-    from orchestrator.runners.scheduler import Scheduler
-    from orchestrator.store.store import Store
-
-RegistryFactory = Callable[[str | None], "RegistryClient"]
-
-
-@dataclasses.dataclass
-class ApiContext:
-    """What the resources share: configuration, store, scheduler, seams and counters.
-
-    Attributes:
-        config: Effective configuration.
-        store: The local model store.
-        scheduler: Owner of the runners.
-        registry_factory: Makes a registry client for a bearer token (``None`` = from the
-            Docker credentials).
-        request_stats: Request-side metrics.
-        engine_path: The llama-server binary (``None`` when it was not found).
-        engine_error: Why it was not found.
-        engine: Which engine it is (flavor, variant, devices), for ``/engines/status``.
-    """
-
-    config: Config
-    store: Store
-    scheduler: Scheduler
-    registry_factory: RegistryFactory
-    request_stats: RequestStats
-    engine_path: Path | None = None
-    engine_error: str = ""
-    engine: EngineChoice | None = None
+__all__ = ["ApiContext", "RegistryFactory", "add_routes"]
 
 
 def add_routes(app: falcon.App, ctx: ApiContext) -> None:

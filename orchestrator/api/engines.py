@@ -7,17 +7,18 @@ import logging
 import subprocess
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import falcon
 
 from orchestrator.api.body import query_string, read_json_object
 from orchestrator.api.openai import BACKEND, check_backend, resolve_model
+from orchestrator.api.runner_shapes import configuration_entry, ps_entry
 from orchestrator.errors import InvalidRequestError, OrchestratorError
-from orchestrator.runners.configs import parse_configure_request
+from orchestrator.runners.persisted import parse_configure_request
 
 if TYPE_CHECKING:
-    from orchestrator.api import ApiContext
+    from orchestrator.api.context import ApiContext
     from orchestrator.store.records import ModelRecord
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class PsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON
-        resp.data = json.dumps(self.ctx.scheduler.ps()).encode()
+        resp.data = json.dumps([ps_entry(s) for s in self.ctx.scheduler.management.ps()]).encode()
 
 
 def engine_disk_usage(engine_path: Path | None) -> int:
@@ -147,11 +148,11 @@ class UnloadResource:
         count = 0
         if backend in ("", BACKEND):
             if unload_all:
-                count = self.ctx.scheduler.unload(all=True)
+                count = self.ctx.scheduler.management.unload(all=True)
             elif models:
                 # DMR resolves each name and ignores the ones that are not local.
                 ids = [record.id for record in map(self.ctx.store.find, models) if record]
-                count = self.ctx.scheduler.unload(model_ids=ids) if ids else 0
+                count = self.ctx.scheduler.management.unload(model_ids=ids) if ids else 0
         resp.content_type = falcon.MEDIA_JSON
         resp.data = json.dumps({"unloaded_runners": count}).encode()
 
@@ -169,7 +170,7 @@ class ConfigureResource:
         body = read_json_object(req, example='{"model": "ai/smollm2", "context-size": 8192}')
         request = parse_configure_request(body)
         record = resolve_model(self.ctx.store, request.model)
-        self.ctx.scheduler.configure(record, request.settings)
+        self.ctx.scheduler.management.configure(record, request.settings)
         resp.status = 202
         resp.content_type = falcon.MEDIA_TEXT
         resp.data = b""
@@ -194,12 +195,12 @@ class ConfigureResource:
     ) -> None:
         check_backend(backend)
         model = query_string(req, "model")
-        entries: list[dict[str, Any]]
         if model:
             record = self.ctx.store.find(model)
-            entries = self.ctx.scheduler.configurations(record.id) if record else []
+            found = self.ctx.scheduler.management.configurations(record.id) if record else []
         else:
-            entries = self.ctx.scheduler.configurations()
+            found = self.ctx.scheduler.management.configurations()
+        entries = [configuration_entry(configuration) for configuration in found]
         resp.content_type = falcon.MEDIA_JSON
         resp.data = json.dumps(entries).encode()
 

@@ -67,7 +67,7 @@ def _http_error_message(req: falcon.Request, ex: falcon.HTTPError, status: int) 
     if isinstance(ex, falcon.HTTPRouteNotFound) or (status == 404 and ex.description is None):
         return f"no route matches {req.method} {req.path!r}; see the API reference for the routes"
     if status == 405:
-        allowed = ex.headers.get("Allow", "") if ex.headers else ""
+        allowed = dict(ex.headers or {}).get("Allow", "")
         return f"method {req.method} is not allowed on {req.path!r}; use one of: {allowed}"
     if ex.description:
         text = str(ex.description).rstrip(".")
@@ -112,11 +112,8 @@ def handle_orchestrator_error(
     resp.status = ex.status
     resp.content_type = falcon.MEDIA_JSON
     resp.data = json.dumps(ex.to_dict()).encode()
-    # Some errors carry response headers (Retry-After on 429/503 refusals).
-    headers = getattr(ex, "headers", None)
-    if isinstance(headers, dict):
-        for name, value in headers.items():
-            resp.set_header(str(name), str(value))
+    if ex.retry_after is not None:  # 429 and 503 refusals say when to come back
+        resp.set_header("Retry-After", str(ex.retry_after))
     _discard_stream(resp)
     level = logging.WARNING if ex.status >= 500 else logging.INFO
     log.log(

@@ -1,7 +1,7 @@
 """``GET /logs?follow=&no-engines=``: the daemon log and the engine logs, merged by time.
 
 Lines are ordered by their ``[timestamp] `` prefix (lines without one inherit the previous
-line's, see :func:`orchestrator.logs.read_entries`). ``follow=true`` keeps the response open
+line's, see :func:`orchestrator.logfiles.read_entries`). ``follow=true`` keeps the response open
 and polls the files every half second for new complete lines (and new engine log files); the
 poll ends when the client has gone, which gunicorn's socket tells us even while the log is
 quiet.
@@ -24,7 +24,7 @@ import falcon
 
 from orchestrator.api.body import query_bool
 from orchestrator.errors import NotFoundError, NotSupportedError
-from orchestrator.logs import (
+from orchestrator.logfiles import (
     DAEMON_LOG_NAME,
     ENGINE_LOG_PREFIX,
     log_files,
@@ -32,7 +32,7 @@ from orchestrator.logs import (
 )
 
 if TYPE_CHECKING:
-    from orchestrator.api import ApiContext
+    from orchestrator.api.context import ApiContext
 
 log = logging.getLogger(__name__)
 

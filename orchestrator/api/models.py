@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import falcon
 
@@ -28,6 +28,7 @@ from orchestrator.api.body import (
     read_json_object,
     require_string,
 )
+from orchestrator.api.runner_shapes import memory_report
 from orchestrator.api.streaming import BackgroundStream
 from orchestrator.errors import (
     ConflictError,
@@ -41,10 +42,10 @@ from orchestrator.errors import (
 from orchestrator.registry.progress import Mode, status_event
 from orchestrator.registry.pull import pull_model
 from orchestrator.store.reference import parse_model_id, parse_reference
-from orchestrator.store.tarball import export_tar, load_tar
+from orchestrator.store.tarball import Readable, export_tar, load_tar
 
 if TYPE_CHECKING:
-    from orchestrator.api import ApiContext
+    from orchestrator.api.context import ApiContext
     from orchestrator.store.records import ModelRecord
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,7 @@ class CreateResource:
             record = pull_model(ref, store, config=config, bearer_token=token, progress=report)
             # A model this host can never run is still pulled (it may be pushed or exported),
             # but the user hears now, not at the first request.
-            never_fits = getattr(self.ctx.scheduler, "never_fits", None)
-            reason = never_fits(record) if never_fits is not None else ""
+            reason = self.ctx.scheduler.management.never_fits(record)
             if reason:
                 progress(status_event("warning", reason, "pull"))
             if not seen_success:
@@ -185,7 +185,7 @@ class LoadResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         # No 10 MiB cap here: the body is a whole model.
-        source: IO[bytes] = req.bounded_stream if req.content_length is not None else req.stream
+        source: Readable = req.bounded_stream if req.content_length is not None else req.stream
         record = load_tar(self.ctx.store, source)
         log.info("model loaded from tar id=%s", record.id)
         resp.content_type = falcon.MEDIA_JSON if wants_json(req) else "text/plain; charset=utf-8"
@@ -201,14 +201,14 @@ class PurgeResource:
         self.ctx = ctx
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        busy = [entry for entry in self.ctx.scheduler.ps() if entry.get("in_use")]
+        busy = [status for status in self.ctx.scheduler.management.ps() if status.in_use]
         if busy:
-            names = ", ".join(repr(entry.get("model_name")) for entry in busy)
+            names = ", ".join(repr(status.info.model_name) for status in busy)
             raise ConflictError(
                 f"cannot purge the store while runners are serving requests ({names}); "
                 "wait for them to finish or unload them"
             )
-        self.ctx.scheduler.unload(all=True)
+        self.ctx.scheduler.management.unload(all=True)
         self.ctx.store.purge()
         log.info("store purged")
         resp.status = 200
@@ -244,7 +244,9 @@ class ModelSink:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
 
-    def __call__(self, req: falcon.Request, resp: falcon.Response, path: str = "") -> None:
+    def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        # Falcon passes the prefix's named groups as keyword arguments.
+        path = str(params.get("path") or "")
         head, _, last = path.rpartition("/")
         action = last if head and last in _ACTIONS else None
         ref = head if action else path
@@ -290,11 +292,8 @@ class ModelSink:
 
     def _memory(self, record: Any) -> dict[str, Any] | None:
         """Return the memory a runner of ``record`` would need here (``None`` if unknown)."""
-        memory_for = getattr(self.ctx.scheduler, "memory_for", None)
-        if memory_for is None:
-            return None
         try:
-            return dict(memory_for(record))
+            return memory_report(self.ctx.scheduler.management.memory_for(record))
         except OrchestratorError as ex:
             # NOTE(memory): inspect must not fail on a model whose settings the estimate
             # rejects (an unknown cache type); the runner start reports that.
@@ -308,7 +307,7 @@ class ModelSink:
         deleted = [entry["Deleted"] for entry in result if "Deleted" in entry]
         if deleted:
             # Runners still serving keep their (unlinked) files open; idle ones go now.
-            self.ctx.scheduler.unload(model_ids=deleted)
+            self.ctx.scheduler.management.unload(model_ids=deleted)
         resp.content_type = falcon.MEDIA_JSON
         resp.data = json.dumps(result).encode()
 

@@ -23,14 +23,14 @@ from orchestrator.errors import (
     NotSupportedError,
 )
 from orchestrator.proxy import forward
-from orchestrator.store.reference import familiar_name
+from orchestrator.runners.info import BACKEND
+from orchestrator.store.reference import model_label
 
 if TYPE_CHECKING:
-    from orchestrator.api import ApiContext
+    from orchestrator.api.context import ApiContext
     from orchestrator.store.records import ModelRecord
     from orchestrator.store.store import Store
 
-BACKEND = "llama.cpp"
 # (route suffix, upstream path, mode); the suffix follows /engines[/{backend}] and, for the
 # /v1 ones, the bare /v1 alias too.
 _V1_INFERENCE = (
@@ -56,11 +56,6 @@ def check_backend(backend: str | None) -> None:
             f"backend {backend!r} is not available; this runner only has {BACKEND!r} "
             f"(use /engines/v1/... or /engines/{BACKEND}/v1/...)",
         )
-
-
-def model_label(record: ModelRecord) -> str:
-    """Return the name used for a model in metrics and messages (familiar first tag)."""
-    return familiar_name(record.tags[0]) if record.tags else record.short_id
 
 
 def resolve_model(store: Store, model: str) -> ModelRecord:
@@ -133,7 +128,7 @@ class InferenceResource:
             )
         if self.ctx.engine_path is None:
             raise EngineNotFoundError(self.ctx.engine_error or "llama-server was not found")
-        timer = self.ctx.request_stats.begin(model_label(record), self.mode)
+        timer = self.ctx.request_stats.begin(model_label(record.tags, record.id), self.mode)
         try:
             lease = self.ctx.scheduler.acquire(record, self.mode)
         except BaseException as ex:
@@ -182,9 +177,9 @@ class ModelSink:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
 
-    def __call__(
-        self, req: falcon.Request, resp: falcon.Response, backend: str | None = None, ref: str = ""
-    ) -> None:
+    def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        # Falcon passes the prefix's named groups (backend, ref) as keyword arguments.
+        ref = str(params.get("ref") or "")
         if req.method not in ("GET", "HEAD"):
             raise falcon.HTTPMethodNotAllowed(["GET"])
         try:

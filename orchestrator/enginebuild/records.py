@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from orchestrator.atomicfile import write_atomic
 
 RECORD_NAME = "engine.json"
 SERVER_NAME = "llama-server"
@@ -155,7 +156,9 @@ class BuildRecord:
 
     def proven_on(self, machine: Machine) -> bool:
         """Return whether a generation succeeded with this build on ``machine``."""
-        return any((proof.cpu_fingerprint, proof.machine_id) == machine.key for proof in self.proofs)
+        return any(
+            (proof.cpu_fingerprint, proof.machine_id) == machine.key for proof in self.proofs
+        )
 
     def with_proof(self, proof: Proof) -> BuildRecord:
         """Return a copy that adds ``proof`` (replacing an older one for the same machine)."""
@@ -239,19 +242,14 @@ def read_record(directory: Path) -> BuildRecord | None:
 
 
 def write_record(directory: Path, record: BuildRecord) -> None:
-    """Write ``engine.json`` atomically (temporary file in the same directory, then rename)."""
+    """Write ``engine.json`` atomically (see :func:`~orchestrator.atomicfile.write_atomic`).
+
+    Raises:
+        OSError: The file cannot be written; the previous record, if any, is unchanged.
+    """
     payload = json.dumps(asdict(record), indent=2, sort_keys=True) + "\n"
-    fd, temporary = tempfile.mkstemp(prefix=".engine.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o644)  # readable by the daemon's user, like the binary beside it
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, directory / RECORD_NAME)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    # 0644: readable by the daemon's user, like the binary beside it.
+    write_atomic(directory / RECORD_NAME, payload.encode("utf-8"), mode=0o644)
 
 
 def trusted_path(path: Path, uid: int | None = None) -> bool:

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.atomicfile import write_atomic
 from orchestrator.memory.estimate import DeviceMemory, MemoryEstimate
 from orchestrator.memory.footprint import Footprint
 from orchestrator.memory.sizes import MiB
@@ -175,9 +175,6 @@ class FootprintStore:
         return entries
 
     def _save(self, entries: dict[tuple[str, str], LearnedFootprint]) -> None:
-        # Imported here: the store package is heavier than this module needs at import time.
-        from orchestrator.store.layout import write_file_atomic
-
         body = {
             "version": _FILE_VERSION,
             "footprints": [
@@ -186,9 +183,10 @@ class FootprintStore:
             ],
         }
         try:
-            write_file_atomic(self.path, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
-        except OrchestratorError as ex:
-            log.warning("cannot save learned footprints path=%s error=%s", self.path, ex.message)
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            write_atomic(self.path, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
+        except OSError as ex:
+            log.warning("cannot save learned footprints path=%s error=%s", self.path, ex)
 
     def get(self, model_id: str, key: str) -> LearnedFootprint | None:
         """Return the learned footprint of ``model_id`` run with argv ``key``, or ``None``."""

@@ -191,7 +191,10 @@ class NvmlProbe:
             if not self._initialised:
                 return
             self._initialised = False
+            module = self._module
+            if module is None:
+                return
             try:
-                self._module.nvmlShutdown()
-            except self._error_types(self._module) as ex:
+                module.nvmlShutdown()
+            except self._error_types(module) as ex:
                 log.debug("nvml shutdown failed reason=%s", ex)

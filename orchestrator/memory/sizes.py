@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Sequence
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -41,7 +42,13 @@ _UNITS: dict[str, int] = {
 }
 _SIZE = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[a-z]*)$")
 _PERCENT = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)\s*%$")
-_FORMAT_UNITS = (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB))
+# (factor, label), largest first: format_bytes() uses the first factor the size reaches.
+BINARY_UNITS: tuple[tuple[float, str], ...] = (
+    (TiB, "TiB"),
+    (GiB, "GiB"),
+    (MiB, "MiB"),
+    (KiB, "KiB"),
+)
 
 
 def parse_size(value: object) -> int:
@@ -134,16 +141,31 @@ def check_reserve(value: object) -> str:
     return "" if value is None else str(value).strip()
 
 
-def format_bytes(size_bytes: int | float) -> str:
-    """Render a size with a binary unit and at most one decimal (``1.5 GiB``, ``640 MiB``)."""
+def format_bytes(
+    size_bytes: float,
+    *,
+    decimals: int = 1,
+    separator: str = " ",
+    units: Sequence[tuple[float, str]] = BINARY_UNITS,
+) -> str:
+    """Render a size in the largest unit it reaches: ``1.5 GiB``, ``640 MiB``, ``512 B``.
+
+    Decimals that are all zero are dropped (``4 GiB``, not ``4.0 GiB``), so a whole size reads
+    like the setting it came from; below the smallest unit the size is whole bytes.
+
+    Args:
+        size_bytes: The size; a negative one keeps its sign.
+        decimals: Decimals after the point (rounded half to even, as ``format()`` does).
+        separator: Text between the number and the unit.
+        units: ``(factor, label)`` pairs, largest factor first.
+    """
     size = float(size_bytes)
     sign = "-" if size < 0 else ""
     size = abs(size)
-    for unit, factor in _FORMAT_UNITS:
+    for factor, unit in units:
         if size >= factor:
-            scaled = size / factor
-            # NOTE(memory): one decimal is enough to compare needed and free at a glance;
-            # a whole number drops the ".0" so "4 GiB" reads like the setting it came from.
-            text = f"{scaled:.1f}".removesuffix(".0")
-            return f"{sign}{text} {unit}"
-    return f"{sign}{int(size)} B"
+            # NOTE(memory): one decimal (the default) is enough to compare needed and free
+            # memory at a glance.
+            text = f"{size / factor:.{decimals}f}".removesuffix("." + "0" * decimals)
+            return f"{sign}{text}{separator}{unit}"
+    return f"{sign}{int(size)}{separator}B"

@@ -25,6 +25,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from orchestrator import __version__, errors
+from orchestrator.unixhttp import connect_unix_socket
 
 DEFAULT_HOST = "http://localhost:12434"
 USER_AGENT = f"docker-model-cli/{__version__}"
@@ -54,22 +55,26 @@ def base_url_from_env(environ: Mapping[str, str] | None = None) -> str:
 
 
 class _UnixHTTPConnection(HTTPConnection):
-    """An urllib3 connection whose socket is a Unix stream socket."""
+    """An urllib3 connection whose socket is a Unix stream socket.
+
+    ``requests`` pools urllib3 connections, so this cannot be
+    :class:`orchestrator.unixhttp.UnixHTTPConnection`; it opens its socket the same way.
+    """
 
     def __init__(self, *args: Any, socket_path: str, **kwargs: Any) -> None:
         self._socket_path = socket_path
         super().__init__(*args, **kwargs)
 
     def _new_conn(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if isinstance(self.timeout, (int, float)):
-            sock.settimeout(self.timeout)
+        # urllib3 may hand over its "default" sentinel instead of seconds: that means the
+        # socket module's default timeout, as a fresh socket gets it.
+        timeout = (
+            self.timeout if isinstance(self.timeout, (int, float)) else socket.getdefaulttimeout()
+        )
         try:
-            sock.connect(self._socket_path)
+            return connect_unix_socket(self._socket_path, timeout)
         except OSError as ex:
-            sock.close()
             raise NewConnectionError(self, f"cannot connect to {self._socket_path}: {ex}") from ex
-        return sock
 
 
 class _UnixConnectionPool(HTTPConnectionPool):

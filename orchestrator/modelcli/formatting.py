@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.config import parse_duration
 from orchestrator.errors import InvalidReferenceError
+from orchestrator.settings import parse_duration
 from orchestrator.store.reference import familiar_name, parse_reference
 
 COLUMN_GAP = "  "
@@ -231,7 +231,7 @@ def _parse_time(text: str) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def until_text(entry: Mapping[str, Any], now: datetime) -> str:
@@ -312,7 +312,7 @@ def show_text(model: Mapping[str, Any]) -> str:
         lines.append(f"Tags:        {', '.join(str(tag) for tag in tags)}")
     created = int(model.get("created") or 0)
     if created > 0:
-        stamp = datetime.fromtimestamp(created, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = datetime.fromtimestamp(created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         lines.append(f"Created:     {stamp}")
     config = model.get("config") or {}
     if config:

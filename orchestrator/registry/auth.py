@@ -2,7 +2,7 @@
 
 Credentials come from Docker's ``config.json`` (``auths``, ``credHelpers``, ``credsStore``), as
 ``docker login`` leaves them. :class:`Authenticator` answers the two challenge schemes an OCI
-registry uses (DMR spec section 3.5, ``oci.md`` section 7):
+registry uses (``docs/dmr-spec.md`` section 3.5; the OCI distribution spec's token flow):
 
 * ``Basic``: resend with the credentials, then send them up front on every later request;
 * ``Bearer realm,service,scope``: ``GET realm?service=&scope=`` (with Basic credentials when we

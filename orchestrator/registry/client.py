@@ -1,12 +1,12 @@
 """OCI distribution client: pull, push and inspect model artifacts (DMR spec section 3.5).
 
-Built on ``requests`` only (``oci.md`` section 7): streamed bodies in both directions, a timeout on
-every request, digests checked on every byte that reaches the store. A pull resolves the tag to a
-manifest digest once, stores the config blob, downloads the layers in parallel into the store's
-``.incomplete`` files (resuming them with ``Range``), commits them, and only then writes the
-manifest and the tag. A push uploads each missing blob with ``POST`` and one streamed ``PUT``
-(layers in parallel, then the config) and finally ``PUT``s the exact manifest bytes, so the model
-ID is the same on both sides.
+Built on ``requests`` only (oras-py was measured and rejected: it buffers and cannot resume):
+streamed bodies in both directions, a timeout on every request, digests checked on every byte that
+reaches the store. A pull resolves the tag to a manifest digest once, stores the config blob,
+downloads the layers in parallel into the store's ``.incomplete`` files (resuming them with
+``Range``), commits them, and only then writes the manifest and the tag. A push uploads each
+missing blob with ``POST`` and one streamed ``PUT`` (layers in parallel, then the config) and
+finally ``PUT``s the exact manifest bytes, so the model ID is the same on both sides.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from orchestrator.registry.manifest import (
     error_codes,
     layer_descriptors,
     model_json,
-    parse_manifest,
+    parse_for_transfer,
     read_limited,
 )
 from orchestrator.registry.progress import ProgressCallback, ProgressReporter
@@ -260,7 +260,7 @@ class RegistryClient:
                 details={"expected": ref.digest, "actual": digest},
             )
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        return data, parse_manifest(data, content_type, str(ref))
+        return data, parse_for_transfer(data, str(ref), content_type)
 
     def _fetch_small_blob(self, ref: ModelRef, blob: Descriptor, limit: int) -> bytes:
         url = f"{self._repo_url(ref)}/blobs/{blob.digest}"
@@ -388,7 +388,7 @@ class RegistryClient:
             RegistryError: The registry is unreachable, failed, or stored other bytes.
         """
         data = _stored_manifest(store, record)
-        manifest = parse_manifest(data, "", target.tag_string)
+        manifest = parse_for_transfer(data, target.tag_string)
         config_blob = config_descriptor(manifest)
         blobs = [
             (layer, file_opener(store.blob_path(layer.digest)))
@@ -401,7 +401,7 @@ class RegistryClient:
         self, artifact: Artifact, target: ModelRef, progress: ProgressCallback | None = None
     ) -> str:
         """Push a freshly built artifact straight from its files; return the manifest digest."""
-        manifest = parse_manifest(artifact.manifest_bytes, "", target.tag_string)
+        manifest = parse_for_transfer(artifact.manifest_bytes, target.tag_string)
         config_blob = config_descriptor(manifest)
         blobs = [
             (Descriptor(layer.media_type, layer.digest, layer.size), file_opener(layer.path))

@@ -1,4 +1,4 @@
-"""Pull GGUF models straight from the Hugging Face Hub (DMR spec section 3.5, ``oci.md`` 6).
+"""Pull GGUF models straight from the Hugging Face Hub (``docs/dmr-spec.md`` section 3.5).
 
 ``hf.co/<org>/<repo>[:<quant>]`` is not an OCI registry here, as in current Docker Model Runner:
 the file list comes from ``GET {endpoint}/api/models/<repo>/tree/main`` and each file from

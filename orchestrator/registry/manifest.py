@@ -1,26 +1,27 @@
-"""Validate the manifests and config blobs a registry sends (DMR spec sections 3.1-3.3).
+"""Manifests and config blobs as a registry transfer sees them (DMR spec sections 3.1-3.3).
 
-Everything a registry returns is untrusted: the manifest must be a single OCI (or Docker v2)
-image manifest whose descriptors carry ``sha256`` digests and sizes, and whose config media type is
-one of :data:`~orchestrator.store.mediatypes.SUPPORTED_CONFIGS`. Reads of small documents are
-bounded so a hostile server cannot fill memory.
+Everything a registry returns is untrusted: the manifest is checked by the store's
+:func:`~orchestrator.store.records.parse_manifest` (one OCI or Docker v2 image manifest with
+well-formed descriptors), then by :func:`check_transferable` (``sha256`` digests, a config
+media type of :data:`~orchestrator.store.mediatypes.SUPPORTED_CONFIGS`). Reads of small documents
+are bounded so a hostile server cannot fill memory.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
-from orchestrator.errors import RegistryError, UnsupportedModelError
+from orchestrator.errors import (
+    InvalidRequestError,
+    RegistryError,
+    UnsupportedModelError,
+)
 from orchestrator.store import mediatypes
-from orchestrator.store.records import ModelRecord
-
-_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
-_INDEX_TYPES = (mediatypes.OCI_INDEX, mediatypes.DOCKER_MANIFEST_LIST)
+from orchestrator.store.records import ModelRecord, parse_manifest
 
 
 @dataclass(frozen=True)
@@ -66,70 +67,68 @@ def read_limited(response: requests.Response, limit: int, what: str) -> bytes:
     return b"".join(parts)
 
 
-def _descriptor(value: object, where: str, name: str) -> Descriptor:
-    if not isinstance(value, dict):
-        raise RegistryError(f"the manifest of '{name}' has no valid {where}; it is malformed")
-    media_type = value.get("mediaType")
-    digest = value.get("digest")
-    size = value.get("size")
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-        raise UnsupportedModelError(
-            f"the {where} of '{name}' has digest {digest!r}; only 'sha256:' digests are supported"
-        )
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise RegistryError(f"the {where} of '{name}' has an invalid size {size!r}")
-    return Descriptor(str(media_type or ""), digest, size)
+def _descriptor(value: dict[str, Any]) -> Descriptor:
+    return Descriptor(str(value["mediaType"]), str(value["digest"]), int(value["size"]))
 
 
-def config_descriptor(manifest: dict[str, Any], name: str = "the model") -> Descriptor:
-    """Return the config descriptor of a parsed manifest."""
-    return _descriptor(manifest.get("config"), "config descriptor", name)
+def config_descriptor(manifest: dict[str, Any]) -> Descriptor:
+    """Return the config descriptor of a manifest accepted by :func:`parse_manifest`."""
+    return _descriptor(manifest["config"])
 
 
-def layer_descriptors(manifest: dict[str, Any], name: str = "the model") -> list[Descriptor]:
-    """Return the layer descriptors of a parsed manifest, in order."""
-    layers = manifest.get("layers")
-    if not isinstance(layers, list):
-        raise RegistryError(f"the manifest of '{name}' has no layer list; it is malformed")
-    return [_descriptor(layer, f"layer {i}", name) for i, layer in enumerate(layers)]
+def layer_descriptors(manifest: dict[str, Any]) -> list[Descriptor]:
+    """Return the layer descriptors, in order, of a manifest accepted by :func:`parse_manifest`."""
+    return [_descriptor(layer) for layer in manifest["layers"]]
 
 
-def parse_manifest(data: bytes, content_type: str, name: str) -> dict[str, Any]:
-    """Parse and check a manifest of a model artifact.
+def check_transferable(manifest: dict[str, Any], name: str) -> None:
+    """Refuse a manifest accepted by :func:`parse_manifest` that this client must not move.
 
-    Args:
-        data: Raw manifest bytes.
-        content_type: The response's media type (used when the body names none).
-        name: Reference for messages.
+    DMR pulls only the model config media types it knows (spec section 3.2), and this client
+    verifies every blob it sends or receives with sha256; the store itself also takes sha512.
 
     Raises:
-        UnsupportedModelError: An index, another schema, or an unsupported config type.
-        RegistryError: The bytes are not a well-formed manifest.
+        UnsupportedModelError: A config media type other than those of
+            :data:`~orchestrator.store.mediatypes.SUPPORTED_CONFIGS`, or a digest that is not
+            ``sha256``.
     """
-    try:
-        manifest = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as ex:
-        raise RegistryError(f"the manifest of '{name}' is not valid JSON; it is corrupt") from ex
-    if not isinstance(manifest, dict):
-        raise RegistryError(f"the manifest of '{name}' is not a JSON object; it is corrupt")
-    media_type = manifest.get("mediaType") or content_type
-    if media_type in _INDEX_TYPES or "manifests" in manifest:
-        raise UnsupportedModelError(
-            f"'{name}' is an image index, not a model artifact; pull a model, not an image"
-        )
-    if manifest.get("schemaVersion") != 2:
-        raise UnsupportedModelError(
-            f"'{name}' has manifest schema version {manifest.get('schemaVersion')!r}; only "
-            f"version 2 is supported"
-        )
-    config = config_descriptor(manifest, name)
+    config = config_descriptor(manifest)
+    described = [("config descriptor", config)] + [
+        (f"layer {position}", layer) for position, layer in enumerate(layer_descriptors(manifest))
+    ]
+    for where, descriptor in described:
+        if not descriptor.digest.startswith("sha256:"):
+            raise UnsupportedModelError(
+                f"the {where} of '{name}' has digest {descriptor.digest!r}; only 'sha256:' "
+                f"digests are supported"
+            )
     if config.media_type not in mediatypes.SUPPORTED_CONFIGS:
         raise UnsupportedModelError(
             f"config type {config.media_type!r} is not supported (supported: "
             f"{', '.join(mediatypes.SUPPORTED_CONFIGS)}); try upgrading",
             details={"media_type": config.media_type},
         )
-    layer_descriptors(manifest, name)
+
+
+def parse_for_transfer(data: bytes, name: str, content_type: str = "") -> dict[str, Any]:
+    """Return a manifest to pull or push: :func:`parse_manifest`, then :func:`check_transferable`.
+
+    Args:
+        data: Raw manifest bytes.
+        name: Reference for messages.
+        content_type: The registry's media type for it (used when the body names none).
+
+    Raises:
+        RegistryError: The manifest is malformed (502: a registry serving it is a broken
+            upstream, not a bad request of our client).
+        UnsupportedModelError: An image index, another schema version, a config media type DMR
+            does not pull, or a digest that is not ``sha256``.
+    """
+    try:
+        manifest = parse_manifest(data, name=name, content_type=content_type)
+    except InvalidRequestError as ex:
+        raise RegistryError(ex.message, details=ex.details) from ex
+    check_transferable(manifest, name)
     return manifest
 
 

@@ -12,7 +12,7 @@ from orchestrator.registry.huggingface import HuggingFaceClient
 from orchestrator.registry.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from orchestrator.config import Config
+    from orchestrator.settings import Config
     from orchestrator.store.records import ModelRecord
     from orchestrator.store.reference import ModelRef
     from orchestrator.store.store import Store

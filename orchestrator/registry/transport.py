@@ -3,9 +3,9 @@
 A download goes to a partial file (the store's ``<hex>.incomplete``, or a staging file for Hugging
 Face) in 1 MiB chunks, hashing as it reads, so memory does not grow with the model. A partial file
 left by an earlier attempt is re-hashed and continued with ``Range: bytes=N-``; only a ``206``
-whose ``Content-Range`` starts at ``N`` continues it, a ``200`` starts again from 0 (DMR's rules,
-``oci.md`` section 3). Redirects are followed here so the ``Range`` header survives them and
-``Authorization`` never leaves the origin that asked for it.
+whose ``Content-Range`` starts at ``N`` continues it, a ``200`` starts again from 0 (DMR's rules;
+Debian's ``docker-registry`` 2.8 answers ``Range`` on blobs). Redirects are followed here so the
+``Range`` header survives them and ``Authorization`` never leaves the origin that asked for it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import logs
+from orchestrator import logfiles
 from orchestrator.errors import EngineCrashedError
 
 MODEL_CRASH_HOLD_SECONDS = 300.0
@@ -98,7 +98,9 @@ class Crash:
 class CrashMemory:
     """Remembers load-time engine crashes and refuses what would crash the same way."""
 
-    def __init__(self, engine_path: Path, *, hold_seconds: float = MODEL_CRASH_HOLD_SECONDS) -> None:
+    def __init__(
+        self, engine_path: Path, *, hold_seconds: float = MODEL_CRASH_HOLD_SECONDS
+    ) -> None:
         self._engine_path = Path(engine_path)
         self._hold_seconds = hold_seconds
         self._lock = threading.Lock()
@@ -112,7 +114,7 @@ class CrashMemory:
             engine=EngineIdentity.of(self._engine_path),
             model_id=model_id,
             at_monotonic=time.monotonic(),
-            at_wall=logs.format_timestamp(),
+            at_wall=logfiles.format_timestamp(),
         )
         with self._lock:
             if signum in ENGINE_WIDE:
@@ -121,7 +123,10 @@ class CrashMemory:
                 self._model_crashes[model_id] = crash
 
     def engine_crash(self) -> Crash | None:
-        """Return the engine-wide crash still in force, if any (forgotten once the binary changes)."""
+        """Return the engine-wide crash still in force, if any.
+
+        It is forgotten once the binary changes.
+        """
         with self._lock:
             crash = self._engine_crash
             if crash is not None and crash.engine != EngineIdentity.of(self._engine_path):

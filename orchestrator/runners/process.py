@@ -33,7 +33,8 @@ from typing import Any
 
 import psutil
 
-from orchestrator import logs
+from orchestrator import logfiles
+from orchestrator.atomicfile import write_atomic
 from orchestrator.errors import (
     EngineCrashedError,
     RunnerStartError,
@@ -41,8 +42,8 @@ from orchestrator.errors import (
     ServiceUnavailableError,
 )
 from orchestrator.runners.crashes import explain_crash
-from orchestrator.runners.health import HEALTH_REQUEST_TIMEOUT_SECONDS, probe_health
 from orchestrator.runners.launcher import Launcher
+from orchestrator.runners.readiness import HEALTH_REQUEST_TIMEOUT_SECONDS, probe_health
 from orchestrator.runners.state import RunnerState, transition
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ class RunnerProcess:
                 with open(self.log_path, "ab") as log_file:
                     self._log_offset = log_file.tell()
                     log_file.write(
-                        f"[{logs.format_timestamp()}] runner {self.runner_id} starting "
+                        f"[{logfiles.format_timestamp()}] runner {self.runner_id} starting "
                         f"{self.label}: {shlex.join(self.argv)}\n".encode()
                     )
                     log_file.flush()
@@ -253,10 +254,9 @@ class RunnerProcess:
         except psutil.Error:
             return  # already gone; the reaper will report it
         body = {"pid": self.pid, "create_time": create_time, "argv": self.argv}
-        temp = self.pid_path.with_suffix(".pid.tmp")
         try:
-            temp.write_text(json.dumps(body), encoding="utf-8")
-            os.replace(temp, self.pid_path)
+            # mode=None: the umask decides, as it did for the plain write this replaced.
+            write_atomic(self.pid_path, json.dumps(body).encode("utf-8"), mode=None)
         except OSError as ex:
             log.warning("cannot write runner pid file path=%s error=%s", self.pid_path, ex)
 
@@ -286,7 +286,7 @@ class RunnerProcess:
                 self._set_state(RunnerState.FAILED)  # LOADING/READY -> FAILED
         self.pid_path.unlink(missing_ok=True)
         self.socket_path.unlink(missing_ok=True)
-        logs.append_line(self.log_path, f"runner {self.runner_id} {self.exit_description}")
+        logfiles.append_line(self.log_path, f"runner {self.runner_id} {self.exit_description}")
         if asked:
             log.info(
                 "runner exited id=%s runner=%s pid=%d how=%r",
@@ -312,7 +312,7 @@ class RunnerProcess:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
         """Return the last ``lines`` lines this run wrote to its engine log."""
-        return logs.tail(self.log_path, lines, start=self._log_offset)
+        return logfiles.tail(self.log_path, lines, start=self._log_offset)
 
     # --- readiness -------------------------------------------------------------------------
 
@@ -336,7 +336,9 @@ class RunnerProcess:
         )
         if crash is not None:
             details["signal"] = signum
-            return EngineCrashedError(f"{crash}; engine log {str(self.log_path)!r}", details=details)
+            return EngineCrashedError(
+                f"{crash}; engine log {str(self.log_path)!r}", details=details
+            )
         if self._state is RunnerState.STOPPED:
             message = f"runner for {self.label} was stopped while loading; retry the request"
         else:
@@ -372,7 +374,8 @@ class RunnerProcess:
             if self.exited.is_set():
                 raise self._start_error()
             remaining = deadline - time.monotonic()
-            status = probe_health(socket_path, min(HEALTH_REQUEST_TIMEOUT_SECONDS, max(remaining, 0.05)))
+            probe_timeout = min(HEALTH_REQUEST_TIMEOUT_SECONDS, max(remaining, 0.05))
+            status = probe_health(socket_path, probe_timeout)
             if status == 200:
                 with self._lock:
                     became_ready = self._state is RunnerState.LOADING
@@ -434,17 +437,21 @@ class RunnerProcess:
         return True
 
     def terminate(self) -> None:
-        """Ask the runner to stop: SIGTERM to its group (idempotent, non-blocking)."""
+        """Ask the runner to stop: SIGTERM to its group, once (idempotent, non-blocking).
+
+        Only the first call signals: llama-server treats a second SIGTERM as "terminate
+        immediately" and exits 1 without finishing its shutdown.
+        """
         with self._lock:
-            if self._state in (RunnerState.STARTING, RunnerState.LOADING, RunnerState.READY):
-                self._set_state(RunnerState.STOPPING)  # STARTING/LOADING/READY -> STOPPING
-                if self.pid is None:
-                    # Never spawned: nothing to signal or reap.
-                    self._set_state(RunnerState.STOPPED)  # STOPPING -> STOPPED
-                    self.exited.set()
-                    return
-            if self._state is RunnerState.STOPPING:
-                self._signal(signal.SIGTERM)
+            if self._state not in (RunnerState.STARTING, RunnerState.LOADING, RunnerState.READY):
+                return
+            self._set_state(RunnerState.STOPPING)  # STARTING/LOADING/READY -> STOPPING
+            if self.pid is None:
+                # Never spawned: nothing to signal or reap.
+                self._set_state(RunnerState.STOPPED)  # STOPPING -> STOPPED
+                self.exited.set()
+                return
+            self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """Force the runner to stop: SIGKILL to its group (idempotent, non-blocking)."""

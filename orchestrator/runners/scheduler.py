@@ -1,24 +1,29 @@
-"""The scheduler: one runner per (model ID, mode), admission, leases, eviction, shutdown.
+"""The scheduler: one runner per (model ID, mode), started on first use, shared by leases.
 
-One :class:`Scheduler` in the gunicorn worker owns every llama-server child. Its lock guards the
-runner table and is never held across a spawn, a readiness wait or a stop (DMR's "loading
-reservation"): the first request for a key puts a loading entry in the table and starts the
-process outside the lock; concurrent requests for the same key find the entry and wait on its
-``done`` event with the same deadline, so eight simultaneous first requests start one process.
+:class:`Scheduler` owns every llama-server child of the daemon and wires small parts, each in
+its own module, every call going one way (scheduler -> part):
 
-Admission (before an entry is created, under the lock): the runner's need — its footprint
-learned from an earlier run with the same argv, else the estimate from the GGUF header — is
-checked by the :class:`~orchestrator.memory.guard.MemoryGuard` against every resident runner,
-loading ones included. It fits; or idle runners are evicted least recently used first (never
-leased, loading, pinned or younger than ``min_residency``); or the request waits, at most
-``max_wait``, for busy runners to finish (then 503); or it can never fit (507 at once, before any
-process starts). ``max_runners`` caps the engines the same way. At most ``max_queue`` requests
-per model wait; more get 429 with ``Retry-After``.
+* :class:`~orchestrator.runners.table.RunnerTable` — the runners (one lifecycle state each,
+  their process's), the ones being stopped, the admission waiters, and the one lock.
+* :class:`~orchestrator.runners.launch.LaunchPlanner` — argv, paths and memory plan of a start,
+  worked out outside the lock (settings file, GGUF header).
+* :class:`~orchestrator.runners.gate.AdmissionGate` — admit (with victims) or refuse, from a
+  table snapshot and the plan's need.
+* :class:`~orchestrator.runners.memoryplan.MemoryPlanner` — estimates, learned footprints,
+  measurements.
+* :class:`~orchestrator.runners.chores.Chores` — the one background thread: keep-alive expiry,
+  memory pressure, default-model reload.
+* :class:`~orchestrator.runners.management.RunnerManagement` — ps, unload, configure, memory
+  reports, as typed records.
 
-A :class:`Lease` holds a reference on a runner; at zero references the idle clock starts. The
-reaper thread stops runners idle longer than their keep-alive; the pressure thread
-(:mod:`~orchestrator.runners.pressure`) evicts idle runners when free memory stays under the
-reserve, and reloads ``default_model`` when nothing is loaded.
+The lock is never held across a spawn, a readiness wait or a stop (DMR's "loading
+reservation"): the first request for a key admits a runner into the table and starts its
+process outside the lock; concurrent requests for the same key find it and wait on the table's
+condition with the same deadline, so eight simultaneous first requests start one process.
+Admission refuses at once when a model can never fit (507), lets a request wait at most
+``max_wait`` for busy runners (then 503), and bounds the requests waiting per model
+(``max_queue``, then 429 with ``Retry-After``). A :class:`~orchestrator.runners.lease.Lease`
+holds a reference; at zero the keep-alive clock starts.
 """
 
 from __future__ import annotations
@@ -26,11 +31,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
-from orchestrator import logs
-from orchestrator.config import Config, format_duration
 from orchestrator.errors import (
     EngineCrashedError,
     InvalidRequestError,
@@ -38,45 +40,57 @@ from orchestrator.errors import (
     RunnerStartError,
     RunnerTimeoutError,
     ServiceUnavailableError,
+    TooManyRequestsError,
 )
-from orchestrator.runners import policy
-from orchestrator.runners.admission import SOCKET_PLACEHOLDER, RunnerMemory
-from orchestrator.runners.configs import CONFIG_FILE_NAME, RunnerConfigStore
+from orchestrator.runners import gate
+from orchestrator.runners.chores import Chores, DefaultModelLoader
 from orchestrator.runners.crashes import CrashMemory
-from orchestrator.runners.eviction import AdmissionMixin, Prepared
-from orchestrator.runners.info import (
-    BACKEND_NAME,
-    RecordLike,
-    RunnerInfo,
-    StoreLike,
-    short_id,
-)
+from orchestrator.runners.engineflags import MODES
+from orchestrator.runners.gate import AdmissionGate, Admit, Refusal
+from orchestrator.runners.info import RecordLike, StoreLike
+from orchestrator.runners.launch import LaunchPlan, LaunchPlanner
 from orchestrator.runners.launcher import Launcher
-from orchestrator.runners.lease import Lease, RunnerEntry, copy_error
-from orchestrator.runners.llamacpp import MODES, build_argv, context_size_for
-from orchestrator.runners.management import ManagementMixin
-from orchestrator.runners.pressure import PressureSampler
+from orchestrator.runners.lease import Lease
+from orchestrator.runners.management import RunnerManagement
+from orchestrator.runners.memoryplan import MemoryPlanner
+from orchestrator.runners.persisted import CONFIG_FILE_NAME, RunnerConfigStore
+from orchestrator.runners.pressure import PressureMonitor
 from orchestrator.runners.process import RunnerProcess, stop_processes
-from orchestrator.runners.state import RunnerState
 from orchestrator.runners.stats import RunnerStats
 from orchestrator.runners.sweep import sweep_leftovers
-from orchestrator.store.reference import familiar_name
+from orchestrator.runners.table import Runner, RunnerTable, copy_error
+from orchestrator.settings import Config
+from orchestrator.store.reference import model_label
 
-__all__ = ["BACKEND_NAME", "MODES", "Lease", "RunnerInfo", "Scheduler"]
+__all__ = ["MODES", "Lease", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
-REAPER_MAX_SLEEP_SECONDS = 5.0
 CRASH_CHECK_SECONDS = 0.5
 """How long :meth:`Lease.report_crash` waits for the process exit to be observed."""
 ADMISSION_POLL_SECONDS = 1.0
 """A waiting request re-checks at least this often: other processes may free memory unseen."""
 MEASURE_INTERVAL_SECONDS = 10.0
 """A runner is measured after serving at most this often."""
+VRAM_SETTLE_SECONDS = 5.0
+"""After an eviction NVML may show the freed GPU memory this late; refusals wait it out."""
+SHUTTING_DOWN = "the daemon is shutting down; retry the request after it restarts"
 
 
-class Scheduler(AdmissionMixin, ManagementMixin):
-    """Owner of every llama-server runner of this daemon process."""
+class Scheduler:
+    """Owner of every llama-server runner of this daemon process (see the module doc).
+
+    Args:
+        config: Daemon settings (keep-alive, timeouts, memory limits, queue bounds).
+        store: The model store (bundles; models for ``configurations``).
+        engine_path: The llama-server executable.
+        runtime_dir: Runtime directory; sockets and pid files go in ``<it>/runners``.
+        log_dir: Directory for the engine logs.
+        stats: Counters for ``/metrics`` (default: a new :class:`RunnerStats`).
+        configs: Settings store (default: ``<store root>/runner-configs.json``).
+        memory: Memory planning (default: from ``config``, learned footprints in the store).
+        pressure_interval: Seconds between pressure readings (default 2; tests shorten it).
+    """
 
     def __init__(
         self,
@@ -88,65 +102,72 @@ class Scheduler(AdmissionMixin, ManagementMixin):
         log_dir: Path,
         stats: RunnerStats | None = None,
         configs: RunnerConfigStore | None = None,
-        memory: RunnerMemory | None = None,
+        memory: MemoryPlanner | None = None,
         pressure_interval: float | None = None,
     ) -> None:
-        """Create the scheduler; :meth:`start` sweeps leftovers and starts its threads.
-
-        Args:
-            config: Daemon settings (keep-alive, timeouts, memory limits, queue bounds).
-            store: The model store (bundles; models for ``configurations``).
-            engine_path: The llama-server executable.
-            runtime_dir: Runtime directory; sockets and pid files go in ``<it>/runners``.
-            log_dir: Directory for the engine logs.
-            stats: Counters for ``/metrics`` (default: a new :class:`RunnerStats`).
-            configs: Settings store (default: ``<store root>/runner-configs.json``).
-            memory: Memory policy (default: from ``config``, learned footprints in the store).
-            pressure_interval: Seconds between pressure samples (default 2; tests shorten it).
-        """
         self._config = config
         self._store = store
-        self._engine_path = Path(engine_path)
-        # Load-time crashes (SIGILL & co) are explained once and not retried in a loop.
-        self.crashes = CrashMemory(self._engine_path)
         self._runners_dir = Path(runtime_dir) / "runners"
-        self._log_dir = Path(log_dir)
+        # Load-time crashes (SIGILL & co) are explained once and not retried in a loop.
+        self.crashes = CrashMemory(Path(engine_path))
         self.stats = stats if stats is not None else RunnerStats()
         self.configs = configs if configs is not None else RunnerConfigStore(
             Path(store.root) / CONFIG_FILE_NAME
         )
-        self.memory = memory if memory is not None else RunnerMemory.from_config(
+        self.memory = memory if memory is not None else MemoryPlanner.from_config(
             config, Path(store.root)
         )
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._runners: dict[tuple[str, str], RunnerEntry] = {}
-        self._stopping: list[RunnerEntry] = []  # evicted, process not reaped yet
-        self._waiting: dict[tuple[str, str], int] = {}  # requests waiting for admission
-        self._names: dict[tuple[str, str], str] = {}
-        self._settle_until = 0.0
-        self._empty_since: float | None = None
-        self._default_loader: threading.Thread | None = None
-        self._default_failed_at: float | None = None
+        self._table = RunnerTable(self.stats)
+        self._gate = AdmissionGate(self.memory.guard, config.runner_limit)
+        self._planner = LaunchPlanner(
+            config=config,
+            store=store,
+            configs=self.configs,
+            memory=self.memory,
+            crashes=self.crashes,
+            engine_path=Path(engine_path),
+            runners_dir=self._runners_dir,
+            log_dir=Path(log_dir),
+        )
+        self.management = RunnerManagement(
+            config=config,
+            store=store,
+            table=self._table,
+            configs=self.configs,
+            planner=self._planner,
+            memory=self.memory,
+            stop_runners=self._stop_runners,
+        )
+        default_model = (
+            DefaultModelLoader(
+                config.default_model,
+                table=self._table,
+                find=store.find,
+                load=lambda record: self._acquire(record, "completion", default_model=True)
+                .release(),
+            )
+            if config.default_model
+            else None
+        )
+        self.chores = Chores(
+            table=self._table,
+            stop_runners=self._stop_runners,
+            pressure=PressureMonitor(
+                deficit=self.memory.deficit, on_pressure=self._evict_for_pressure
+            ),
+            default_model=default_model,
+            **({} if pressure_interval is None else {"interval": pressure_interval}),
+        )
         self._launcher = Launcher()
-        self._sequence = 0
-        self._closed = False
+        self._settle_until = 0.0  # guarded by the table lock
         self._started = False
         self._start_lock = threading.Lock()
-        self._reaper: threading.Thread | None = None
-        sampler_args = {} if pressure_interval is None else {"interval": pressure_interval}
-        self._sampler = PressureSampler(
-            deficit=self.memory.deficit,
-            on_pressure=self._evict_for_pressure,
-            on_tick=self._load_default_model_if_idle,
-            **sampler_args,
-        )
-        self.stats.watch_queue(self.queue_depths)
+        self.stats.watch_queue(self.management.queue_depths)
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Kill runners a previous daemon left behind, then start the threads (idempotent)."""
+        """Kill runners a previous daemon left behind, then start the chores (idempotent)."""
         with self._start_lock:
             if self._started:
                 return
@@ -154,11 +175,7 @@ class Scheduler(AdmissionMixin, ManagementMixin):
             killed = sweep_leftovers(self._runners_dir, self._config.stop_grace_seconds)
             if killed:
                 log.warning("killed leftover runners count=%d dir=%s", killed, self._runners_dir)
-            self._reaper = threading.Thread(
-                target=self._reap_loop, name="runner-scheduler-reaper", daemon=True
-            )
-            self._reaper.start()
-            self._sampler.start()
+            self.chores.start()
             self._started = True
 
     def shutdown(self, grace_seconds: float | None = None) -> None:
@@ -167,23 +184,15 @@ class Scheduler(AdmissionMixin, ManagementMixin):
         Afterwards :meth:`acquire` raises :class:`ServiceUnavailableError`. Idempotent.
         """
         grace = self._config.stop_grace_seconds if grace_seconds is None else grace_seconds
-        with self._cond:
-            already = self._closed
-            self._closed = True
-            victims = list(self._runners.values())
-            for runner in victims:
-                self._remove_locked(runner, "shutdown")
-            self._cond.notify_all()
+        with self._table.changed:
+            already = self._table.closed
+            victims = self._table.close()
+            self._table.changed.notify_all()
         if victims:
             log.info("stopping runners count=%d grace=%.1fs", len(victims), grace)
-        self._stop_runners(victims, grace)
+        stop_processes([r.process for r in victims], grace)
         if not already:
-            self._sampler.stop()
-            if self._reaper is not None:
-                self._reaper.join(REAPER_MAX_SLEEP_SECONDS)
-            loader = self._default_loader
-            if loader is not None:
-                loader.join(REAPER_MAX_SLEEP_SECONDS)
+            self.chores.join()
             self._launcher.close()
             self.memory.close()
 
@@ -217,205 +226,183 @@ class Scheduler(AdmissionMixin, ManagementMixin):
 
     def _acquire(self, record: RecordLike, mode: str, *, default_model: bool = False) -> Lease:
         key = (record.id, mode)
-        name = familiar_name(record.tags[0]) if record.tags else record.id
+        name = model_label(record.tags, record.id)
+        table = self._table
         began = time.monotonic()
         admit_deadline = began + self._config.max_wait
-        prepared: Prepared | None = None
-        victims: list[RunnerEntry] = []
+        launch: LaunchPlan | None = None
+        victims: list[Runner] = []
         waiting = False
         try:
             while True:
-                with self._cond:
-                    self._check_open()
-                    self._names[key] = name
-                    runner = self._live_runner_locked(key)
+                with table.changed:
+                    table.check_open()
+                    table.name(key, name)
+                    runner = table.live(key)
                     if runner is not None:
-                        if not waiting and policy.must_wait(runner):
+                        if not waiting and gate.must_wait(runner):
                             self._check_queue_locked(key, name)
-                        runner.refcount += 1
-                        runner.idle_since = None
+                        runner.leases += 1
                         owner = False
                         break
-                    if prepared is not None:
-                        admitted = self._admit_locked(key, name, prepared, default_model)
-                        if isinstance(admitted, tuple):
-                            runner, victims = admitted
+                    if launch is not None:
+                        verdict = self._gate.decide(
+                            launch.memory.need, model=name, runners=table.runners(),
+                            stopping=table.stopping, now=time.monotonic(),
+                            settling=time.monotonic() < self._settle_until,
+                        )  # fmt: skip
+                        if isinstance(verdict, Admit):
+                            runner = self._admit_locked(launch, verdict, default_model)
+                            victims = [victim for victim, _reason in verdict.victims]
                             owner = True
                             break
-                        if not admitted.may_wait or time.monotonic() >= admit_deadline:
-                            self._refuse(admitted, name)
+                        if not verdict.may_wait or time.monotonic() >= admit_deadline:
+                            self._refuse(verdict, name)
                         if not waiting:
                             self._check_queue_locked(key, name)
-                            self._waiting[key] = self._waiting.get(key, 0) + 1
+                            table.add_waiter(key)
                             waiting = True
                         remaining = admit_deadline - time.monotonic()
-                        self._cond.wait(min(max(remaining, 0.0), ADMISSION_POLL_SECONDS))
+                        table.changed.wait(min(max(remaining, 0.0), ADMISSION_POLL_SECONDS))
                         # Settings or learned footprints may have changed meanwhile.
-                        prepared = None
+                        launch = None
                         continue
                 # Outside the lock: reading the GGUF header and the settings file.
-                prepared = self._prepare(record, mode)
+                launch = self._planner.plan(record, mode)
         except BaseException:
             if waiting:
                 self.stats.observe_wait(name, time.monotonic() - began)
             raise
         finally:
             if waiting:
-                with self._cond:
-                    self._waiting[key] -= 1
-                    if not self._waiting[key]:
-                        del self._waiting[key]
+                with table.changed:
+                    table.remove_waiter(key)
         deadline = time.monotonic() + self._config.load_timeout_seconds
         if owner:
             if waiting:
                 self.stats.observe_wait(name, time.monotonic() - began)
-            assert prepared is not None
-            self._start_runner(runner, record, prepared, victims, deadline)
-            return Lease(self, runner)
+            self._start_runner(runner, victims, deadline)
+            return self._lease(runner)
         return self._wait_for_start(runner, deadline, name, began if waiting else None)
 
-    def _prepare(self, record: RecordLike, mode: str) -> Prepared:
-        self.crashes.check(record.id)
-        settings = self.configs.get(record.id, mode)
-        bundle = self._store.bundle(record)
-        argv = build_argv(
-            engine_path=self._engine_path,
-            bundle=bundle,
-            mode=mode,
-            socket_path=SOCKET_PLACEHOLDER,
-            settings=settings,
-            default_context_size=self._config.default_context_size,
-            prompt_cache_mib=self._config.prompt_cache_mib,
+    def _admit_locked(self, launch: LaunchPlan, admit: Admit, default_model: bool) -> Runner:
+        """Evict the victims and put the new runner (not spawned yet) into the table."""
+        for victim, reason in admit.victims:
+            log.info("evicting runner id=%s model=%s reason=%s for=%s",
+                     victim.runner_id, victim.model_name, reason, launch.model_name)
+            self._table.evict(victim, reason)
+        process = RunnerProcess(
+            runner_id=launch.runner_id,
+            label=f"{launch.model_name!r} ({launch.mode})",
+            argv=launch.argv,
+            socket_path=launch.socket_path,
+            log_path=launch.log_path,
+            runtime_dir=self._runners_dir,
+            launcher=self._launcher,
+            on_exit=self._on_process_exit,
         )
-        return Prepared(settings, bundle, self.memory.plan(record.id, bundle, argv))
-
-    def _live_runner_locked(self, key: tuple[str, str]) -> RunnerEntry | None:
-        runner = self._runners.get(key)
-        if runner is not None and runner.is_defunct:
-            self._drop_defunct_locked(runner)
-            return None
+        runner = Runner(
+            launch,
+            process,
+            keep_alive=launch.keep_alive(self._config.keep_alive, default_model=default_model),
+            default_model=default_model,
+        )
+        self._table.add(runner)
         return runner
 
-    def _start_runner(
-        self,
-        runner: RunnerEntry,
-        record: RecordLike,
-        prepared: Prepared,
-        victims: list[RunnerEntry],
-        deadline: float,
-    ) -> None:
+    def _refuse(self, refusal: Refusal, name: str) -> None:
+        """Count and raise a refusal; a 503 says when to retry (``Retry-After``)."""
+        self.stats.record_refusal(refusal.reason)
+        log.warning("admission refused model=%s reason=%s message=%r",
+                    name, refusal.reason, refusal.error.message)
+        if refusal.error.status == 503:
+            refusal.error.retry_after = gate.retry_after_seconds(self.stats.mean_load_seconds())
+        raise refusal.error
+
+    def _check_queue_locked(self, key: tuple[str, str], name: str) -> None:
+        limit = self._config.max_queue
+        if limit <= 0:
+            return
+        depth = gate.queue_depth(self._table.get(key), self._table.waiting(key))
+        if depth < limit:
+            return
+        self.stats.record_refusal("queue_full")
+        retry = gate.retry_after_seconds(self.stats.mean_load_seconds())
+        raise TooManyRequestsError(
+            f"{depth} requests already wait for model {name!r} (DMR_MAX_QUEUE is {limit}); "
+            f"retry in {retry}s",
+            retry_after=retry,
+            param="model",
+        )
+
+    def _start_runner(self, runner: Runner, victims: list[Runner], deadline: float) -> None:
         """Stop the victims, then spawn and wait for ``runner`` (the caller owns its start)."""
-        process: RunnerProcess | None = None
+        process = runner.process
         try:
             if victims:
                 self._finish_evictions(victims)
-            settings = prepared.settings
-            socket_path = self._runners_dir / f"{runner.runner_id}.sock"
-            log_path = logs.engine_log_path(self._log_dir, short_id(runner.model_id), runner.mode)
-            argv = [str(socket_path) if w == SOCKET_PLACEHOLDER else w for w in prepared.plan.argv]
-            process = RunnerProcess(
-                runner_id=runner.runner_id,
-                label=runner.label,
-                argv=argv,
-                socket_path=socket_path,
-                log_path=log_path,
-                runtime_dir=self._runners_dir,
-                launcher=self._launcher,
-                on_exit=self._on_process_exit,
-            )
-            context_size = context_size_for(
-                prepared.bundle.config, settings, self._config.default_context_size
-            )
-            keep_alive = -1.0 if runner.default_model else self._config.keep_alive
-            if settings is not None and settings.keep_alive is not None:
-                keep_alive = settings.keep_alive
-            with self._cond:
-                # Checked under the lock shutdown takes: either shutdown sees the process and
-                # stops it (spawn then refuses), or we see the shutdown here.
-                self._check_open()
-                runner.process = process
-                runner.keep_alive = keep_alive
+            # A shutdown meanwhile stopped the process already: spawn refuses a stopped one.
             process.spawn()
             self.stats.record_start()
-            self.stats.set_memory(runner.model_name, runner.mode, prepared.plan.estimate.ram_bytes)
-            runner.info = RunnerInfo(
-                runner_id=runner.runner_id,
-                model_id=runner.model_id,
-                model_name=runner.model_name,
-                mode=runner.mode,
-                socket_path=str(socket_path),
-                pid=process.pid,
-                context_size=context_size,
-                log_path=str(log_path),
-            )
+            self.stats.set_memory(runner.model_name, runner.mode, runner.plan.estimate.ram_bytes)
             elapsed = process.wait_ready(deadline, grace_seconds=self._config.stop_grace_seconds)
             self.stats.observe_load(elapsed)
             self._measure(runner, ready=True)
-            with self._cond:
-                self._check_open()
-                runner.loading = False
-                # The minimum residency counts from ready: a slow load is not residency.
-                runner.started = runner.last_used_mono = time.monotonic()
-                self._cond.notify_all()
+            with self._table.changed:
+                self._table.check_open()
+                runner.ready_at = runner.last_used = time.monotonic()
+                self._table.changed.notify_all()
         except BaseException as ex:
-            self._start_failed(runner, process, ex)
-            failure = self._start_failure(ex)
+            failure = self._start_failed(runner, ex)
             if failure is ex:
                 raise
             raise failure from ex
-        runner.done.set()
 
-    def _start_failure(self, ex: BaseException) -> BaseException:
-        if isinstance(ex, OrchestratorError) and self._closed:
-            return ServiceUnavailableError(
-                "the daemon is shutting down; retry the request after it restarts"
-            )
-        return ex
-
-    def _start_failed(
-        self, runner: RunnerEntry, process: RunnerProcess | None, ex: BaseException
-    ) -> None:
-        failure = self._start_failure(ex)
-        if isinstance(ex, EngineCrashedError) and not self._closed:
+    def _start_failed(self, runner: Runner, ex: BaseException) -> BaseException:
+        """Record a failed start, wake the runner's waiters, stop it; return what to raise."""
+        closed = self._table.closed
+        failure: BaseException = ex
+        if isinstance(ex, OrchestratorError) and closed:
+            failure = ServiceUnavailableError(SHUTTING_DOWN)
+        if isinstance(ex, EngineCrashedError) and not closed:
             signum = ex.details.get("signal")
             if isinstance(signum, int):
                 self.crashes.record(signum, runner.model_id, ex)
         if isinstance(ex, RunnerTimeoutError):
             self.stats.record_start_failure("timeout")
-        elif isinstance(ex, RunnerStartError) and not self._closed:
+        elif isinstance(ex, RunnerStartError) and not closed:
             self.stats.record_start_failure("error")
-        with self._cond:
-            runner.refcount -= 1
-            runner.loading = False
+        with self._table.changed:
+            runner.leases -= 1
             runner.error = (
                 failure
                 if isinstance(failure, OrchestratorError)
                 else RunnerStartError(f"cannot start the runner for {runner.label}: {ex!r}")
             )
-            if self._runners.get(runner.key) is runner:
-                del self._runners[runner.key]
-            runner.removed = True
-            self.stats.clear_memory(runner.model_name, runner.mode)
-            self._cond.notify_all()
-        runner.done.set()
-        if process is not None and not process.exited.is_set():
-            process.stop(self._config.stop_grace_seconds)
+            self._table.remove(runner, "crash")
+            self._table.changed.notify_all()
+        if not runner.process.exited.is_set():
+            runner.process.stop(self._config.stop_grace_seconds)
+        return failure
 
     def _wait_for_start(
-        self, runner: RunnerEntry, deadline: float, name: str, waited_since: float | None
+        self, runner: Runner, deadline: float, name: str, waited_since: float | None
     ) -> Lease:
         began = time.monotonic() if waited_since is None else waited_since
         # A request counts as having waited if admission held it or the runner was loading.
-        waits = waited_since is not None or not runner.done.is_set()
+        waits = waited_since is not None or not runner.settled
         try:
-            if runner.done.wait(max(0.0, deadline - time.monotonic())):
-                if runner.error is None:
-                    return Lease(self, runner)
-                with self._cond:
-                    runner.refcount -= 1
+            with self._table.changed:
+                settled = self._table.changed.wait_for(
+                    lambda: runner.settled, max(0.0, deadline - time.monotonic())
+                )
+                if not settled or runner.error is not None:
+                    runner.leases -= 1
+                    self._table.changed.notify_all()
+            if settled and runner.error is None:
+                return self._lease(runner)
+            if runner.error is not None:
                 raise copy_error(runner.error)
-            with self._cond:
-                runner.refcount -= 1
             raise RunnerTimeoutError(
                 f"runner for {runner.label} was not ready within "
                 f"{self._config.load_timeout_seconds:.0f}s; retry later or raise "
@@ -425,107 +412,98 @@ class Scheduler(AdmissionMixin, ManagementMixin):
             if waits:
                 self.stats.observe_wait(name, time.monotonic() - began)
 
-    def _release(self, runner: RunnerEntry) -> None:
+    def _lease(self, runner: Runner) -> Lease:
+        return Lease(
+            runner.info(),
+            release=lambda: self._release(runner),
+            report_crash=lambda: self._check_crash(runner),
+        )
+
+    def _release(self, runner: Runner) -> None:
         now = time.monotonic()
-        measure = False
-        with self._cond:
-            runner.refcount -= 1
-            if runner.refcount == 0:
-                runner.last_used = time.time()
-                runner.idle_since = now
-                runner.last_used_mono = now
-            if not runner.removed and not runner.loading and (
-                runner.measured_at is None or now - runner.measured_at >= MEASURE_INTERVAL_SECONDS
-            ):
-                runner.measured_at = now
-                measure = True
-            self._cond.notify_all()
+        with self._table.changed:
+            runner.leases -= 1
+            if runner.leases == 0:
+                runner.last_used = now
+            measured_at = runner.usage.measured_at
+            measure = (
+                self._table.holds(runner)
+                and runner.ready_at is not None
+                and (measured_at is None or now - measured_at >= MEASURE_INTERVAL_SECONDS)
+            )
+            if measure:
+                runner.usage.measured_at = now  # one measurement at a time per interval
+            self._table.changed.notify_all()
         if measure:
             self._measure(runner, ready=False)
 
-    def _check_crash(self, runner: RunnerEntry) -> None:
-        process = runner.process
-        if process is None:
-            return
-        if process.exited.wait(CRASH_CHECK_SECONDS):
-            with self._cond:
-                self._drop_defunct_locked(runner)
+    def _check_crash(self, runner: Runner) -> None:
+        if runner.process.exited.wait(CRASH_CHECK_SECONDS):
+            with self._table.changed:
+                self._table.drop_defunct(runner)
+                self._table.changed.notify_all()
         else:
             log.info("runner connection lost but process alive id=%s", runner.runner_id)
 
-    # --- table maintenance (callers hold the lock) -----------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ServiceUnavailableError(
-                "the daemon is shutting down; retry the request after it restarts"
-            )
-
-    def _remove_locked(self, runner: RunnerEntry, reason: str) -> None:
-        if self._runners.get(runner.key) is runner:
-            del self._runners[runner.key]
-            self.stats.clear_memory(runner.model_name, runner.mode)
-        if not runner.removed:
-            runner.removed = True
-            if runner.process is not None and not runner.loading:
-                self.stats.record_stop(reason)
-
-    def _drop_defunct_locked(self, runner: RunnerEntry) -> None:
-        if runner.removed or runner.loading:
-            return
-        process = runner.process
-        how = process.exit_description if process is not None else "exited"
-        log.warning(
-            "runner removed id=%s model=%s mode=%s how=%r leases=%d",
-            runner.runner_id, runner.model_name, runner.mode, how, runner.refcount,
-        )
-        self._remove_locked(runner, "crash")
-
     def _on_process_exit(self, process: RunnerProcess) -> None:
-        with self._cond:
-            for runner in list(self._runners.values()):
-                if runner.process is process and process.state is RunnerState.FAILED:
-                    self._drop_defunct_locked(runner)
-            self._cond.notify_all()
+        with self._table.changed:
+            for runner in self._table.all():
+                if runner.process is process:
+                    self._table.drop_defunct(runner)
+            self._table.changed.notify_all()
 
-    def _reap_loop(self) -> None:
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                now = time.monotonic()
-                next_due = now + REAPER_MAX_SLEEP_SECONDS
-                victims: list[RunnerEntry] = []
-                for runner in list(self._runners.values()):
-                    if runner.loading:
-                        continue
-                    if runner.is_defunct:
-                        self._drop_defunct_locked(runner)
-                        continue
-                    if runner.refcount > 0 or runner.keep_alive < 0 or runner.idle_since is None:
-                        continue
-                    due = runner.idle_since + runner.keep_alive
-                    if due <= now:
-                        log.info(
-                            "runner idle, stopping id=%s model=%s mode=%s keep_alive=%s",
-                            runner.runner_id, runner.model_name, runner.mode,
-                            format_duration(runner.keep_alive),
-                        )
-                        self._remove_locked(runner, "idle")
-                        self.stats.record_eviction("idle")
-                        victims.append(runner)
-                    else:
-                        next_due = min(next_due, due)
-                if not victims:
-                    self._cond.wait(max(0.0, next_due - now))
-                    continue
-            try:
-                self._stop_runners(victims, self._config.stop_grace_seconds)
-            except Exception:  # the reaper must survive a bug in one stop
-                log.exception("stopping idle runners failed")
-            with self._cond:
-                self._cond.notify_all()
+    # --- memory ----------------------------------------------------------------------------
 
-    def _stop_runners(self, runners: Iterable[RunnerEntry], grace_seconds: float) -> None:
-        stop_processes([r.process for r in runners if r.process is not None], grace_seconds)
+    def _measure(self, runner: Runner, *, ready: bool) -> None:
+        """Measure the runner's RSS and VRAM; learn them for its (model, argv). Never raises."""
+        pid = runner.process.pid
+        if pid is None:
+            return
+        try:
+            footprint, learned = self.memory.measure(
+                runner.model_id, runner.plan.key, pid, ready=ready
+            )
+        except Exception:  # measuring is an optimisation; a probe bug must not fail a request
+            log.exception("measuring runner failed id=%s", runner.runner_id)
+            return
+        if footprint is None:
+            return
+        with self._table.changed:
+            runner.usage.add(footprint, time.monotonic())
+            peak_rss = runner.usage.peak_rss
+        log.info(
+            "runner measured id=%s rss=%d file=%d vram=%d estimate=%d learned_max=%d",
+            runner.runner_id, footprint.rss_bytes, footprint.file_bytes, footprint.vram_bytes,
+            runner.plan.estimate.ram_bytes, learned.max_rss if learned else 0,
+        )  # fmt: skip
+        self.stats.set_memory(
+            runner.model_name, runner.mode, runner.plan.estimate.ram_bytes, peak_rss
+        )
 
+    def _finish_evictions(self, victims: list[Runner]) -> None:
+        """Stop evicted runners (already out of the table), then let waiters re-check."""
+        try:
+            self._stop_runners(victims)
+        finally:
+            with self._table.changed:
+                self._table.evicted_gone(victims)
+                if any(v.usage.peak_vram or v.plan.need.vram_bytes for v in victims):
+                    self._settle_until = time.monotonic() + VRAM_SETTLE_SECONDS
+                self._table.changed.notify_all()
+
+    def _evict_for_pressure(self, ram_deficit: int, vram_deficit: int) -> None:
+        with self._table.changed:
+            if self._table.closed:
+                return
+            victims = gate.pressure_victims(self._table.runners(), ram_deficit, vram_deficit)
+            for victim in victims:
+                log.warning("evicting runner id=%s model=%s reason=pressure",
+                            victim.runner_id, victim.model_name)
+                self._table.evict(victim, "pressure")
+        if not victims:
+            log.info("memory pressure but no idle, unpinned runner to evict")
+            return
+        self._finish_evictions(victims)
+
+    def _stop_runners(self, runners: list[Runner]) -> None:
+        stop_processes([r.process for r in runners], self._config.stop_grace_seconds)

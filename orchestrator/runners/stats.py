@@ -1,17 +1,27 @@
-"""Daemon-side runner counters for ``/metrics``.
+"""Daemon-side runner metrics for ``/metrics``.
 
-The scheduler records events here; the API renders them (:meth:`RunnerStats.to_prometheus`
-gives ready-made Prometheus text, or :meth:`RunnerStats.snapshot` the numbers). Everything is
-guarded by one lock: the counters are touched a few times per runner start, never per token.
+The scheduler records events here through :class:`RunnerStats`'s methods; the numbers live in
+``prometheus_client`` metric objects, and the queue depths and memory gauges are read when
+scraped. A :class:`RunnerStats` is a collector: the API registers it in its app's
+``CollectorRegistry``, which renders the text. :meth:`RunnerStats.snapshot` gives the numbers
+to code and tests. One lock keeps a snapshot consistent; the counters are touched a few times
+per runner start, never per token.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
-LOAD_BUCKETS_SECONDS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+from prometheus_client import Counter, Histogram, Summary
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LOAD_BUCKETS_SECONDS: tuple[float, ...] = (
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0
+)
 """Upper bounds of the load-duration histogram (spawn to ``/health`` 200)."""
 
 STOP_REASONS: tuple[str, ...] = ("idle", "unload", "crash", "shutdown", "evicted", "configure")
@@ -31,9 +41,46 @@ REFUSAL_REASONS: tuple[str, ...] = ("too_large", "insufficient", "busy", "queue_
 or too many requests already wait (429)."""
 
 
-def _label(value: str) -> str:
-    """Escape a Prometheus label value (backslash, double quote, newline)."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def without_created(metric: MetricWrapperBase) -> list[Metric]:
+    """Return the families of ``metric`` without their ``_created`` samples.
+
+    ``prometheus_client`` adds a ``<name>_created`` gauge (the creation time) to every counter,
+    histogram and summary; ``/metrics`` never had one. ``disable_created_metrics()`` only
+    exists from 0.18 on (Debian 12 has 0.16) and flips a process-wide switch; 0.16's
+    ``PROMETHEUS_DISABLE_CREATED_SERIES`` is read once, at import. So the samples go here.
+    """
+    families = []
+    for family in metric.collect():
+        kept = Metric(family.name, family.documentation, family.type, family.unit)
+        created = family.name + "_created"
+        kept.samples = [sample for sample in family.samples if sample.name != created]
+        families.append(kept)
+    return families
+
+
+def _sample_values(metric: MetricWrapperBase, suffix: str) -> list[tuple[dict[str, str], float]]:
+    """Return ``(labels, value)`` of each ``<name><suffix>`` sample of ``metric``."""
+    return [
+        (sample.labels, sample.value)
+        for family in metric.collect()
+        for sample in family.samples
+        if sample.name == family.name + suffix
+    ]
+
+
+def _by_label(metric: MetricWrapperBase, suffix: str, label: str) -> dict[str, float]:
+    """Return the ``<name><suffix>`` values of ``metric`` by the value of ``label``."""
+    return {labels[label]: value for labels, value in _sample_values(metric, suffix)}
+
+
+def _reason_counter(name: str, documentation: str, reasons: Sequence[str]) -> Counter:
+    """Return an unregistered counter by ``reason`` with every reason at zero."""
+    counter = Counter(name, documentation, ["reason"], registry=None)
+    # Every reason is exposed from the start, so a rate over a fresh series has a zero to
+    # start from.
+    for reason in reasons:
+        counter.labels(reason)
+    return counter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,70 +134,91 @@ class StatsSnapshot:
     memory: dict[tuple[str, str], MemoryGauge] = dataclasses.field(default_factory=dict)
 
 
-class RunnerStats:
-    """Thread-safe counters of runner starts, load durations and stops."""
+class RunnerStats(Collector):
+    """Thread-safe runner metrics: starts, loads, stops, admission, queues and memory.
+
+    A ``prometheus_client`` collector; its metric objects are registered nowhere else (never
+    in the library's global registry: several apps share a test process).
+    """
 
     def __init__(self) -> None:
         """Start with every counter at zero."""
         self._lock = threading.Lock()
-        self._starts = 0
-        self._start_failures = dict.fromkeys(START_FAILURES, 0)
-        self._bucket_counts = [0] * len(LOAD_BUCKETS_SECONDS)
-        self._load_sum = 0.0
-        self._load_count = 0
-        self._stops = dict.fromkeys(STOP_REASONS, 0)
-        self._evictions = dict.fromkeys(EVICTION_REASONS, 0)
-        self._refusals = dict.fromkeys(REFUSAL_REASONS, 0)
+        # Counters are named as exposed; the library keeps "_total" out of the family name.
+        self._starts = Counter(
+            "dmr_runner_starts_total", "Runner processes spawned.", registry=None
+        )
+        self._start_failures = _reason_counter(
+            "dmr_runner_start_failures_total",
+            "Runner starts that failed, by reason.",
+            START_FAILURES,
+        )
+        self._load = Histogram(
+            "dmr_runner_load_seconds",
+            "Time from spawn to a healthy runner.",
+            buckets=LOAD_BUCKETS_SECONDS,
+            registry=None,
+        )
+        self._stops = _reason_counter(
+            "dmr_runner_stops_total", "Runners stopped or gone, by reason.", STOP_REASONS
+        )
+        self._evictions = _reason_counter(
+            "dmr_runner_evictions_total", "Idle runners stopped, by reason.", EVICTION_REASONS
+        )
+        self._refusals = _reason_counter(
+            "dmr_admissions_refused_total",
+            "Requests refused before a runner started, by reason.",
+            REFUSAL_REASONS,
+        )
+        self._queue_wait = Summary(
+            "dmr_queue_wait_seconds",
+            "Time requests waited before they were served a runner or refused, by model.",
+            ["model"],
+            registry=None,
+        )
         self._queue_depth: dict[str, int] = {}
         self._queue_source: Callable[[], dict[str, int]] | None = None
-        self._queue_wait: dict[str, tuple[float, int]] = {}
         self._memory: dict[tuple[str, str], MemoryGauge] = {}
 
     def record_start(self) -> None:
         """Count one spawned runner process."""
         with self._lock:
-            self._starts += 1
+            self._starts.inc()
 
     def record_start_failure(self, reason: str) -> None:
         """Count one failed start (``error`` or ``timeout``)."""
-        if reason not in self._start_failures:
-            raise ValueError(f"unknown start failure reason {reason!r}")
-        with self._lock:
-            self._start_failures[reason] += 1
+        self._count(self._start_failures, START_FAILURES, "start failure", reason)
 
     def observe_load(self, seconds: float) -> None:
         """Record how long a runner took from spawn to ready."""
         with self._lock:
-            self._load_sum += seconds
-            self._load_count += 1
-            for index, bound in enumerate(LOAD_BUCKETS_SECONDS):
-                if seconds <= bound:
-                    self._bucket_counts[index] += 1
-                    break
+            self._load.observe(seconds)
 
     def record_stop(self, reason: str) -> None:
         """Count one runner gone for ``reason`` (one of :data:`STOP_REASONS`)."""
-        if reason not in self._stops:
-            raise ValueError(f"unknown stop reason {reason!r}")
-        with self._lock:
-            self._stops[reason] += 1
+        self._count(self._stops, STOP_REASONS, "stop", reason)
 
     def record_eviction(self, reason: str) -> None:
         """Count one runner evicted for ``reason`` (one of :data:`EVICTION_REASONS`)."""
-        if reason not in self._evictions:
-            raise ValueError(f"unknown eviction reason {reason!r}")
-        with self._lock:
-            self._evictions[reason] += 1
+        self._count(self._evictions, EVICTION_REASONS, "eviction", reason)
 
     def record_refusal(self, reason: str) -> None:
         """Count one request refused for ``reason`` (one of :data:`REFUSAL_REASONS`)."""
-        if reason not in self._refusals:
-            raise ValueError(f"unknown refusal reason {reason!r}")
+        self._count(self._refusals, REFUSAL_REASONS, "refusal", reason)
+
+    def _count(self, counter: Counter, reasons: Sequence[str], what: str, reason: str) -> None:
+        """Add one to ``counter``'s ``reason`` series, a reason ``reasons`` lists.
+
+        Raises:
+            ValueError: ``reason`` is not one of ``reasons`` (a typo would open a new series).
+        """
+        if reason not in reasons:
+            raise ValueError(f"unknown {what} reason {reason!r}")
         with self._lock:
-            self._refusals[reason] += 1
+            counter.labels(reason).inc()
 
     def watch_queue(self, source: Callable[[], dict[str, int]]) -> None:
-        """Read queue depths by model from ``source`` at every snapshot (the scheduler's).
+        """Read queue depths by model from ``source`` (the scheduler's) at each snapshot and scrape.
 
         A model seen once keeps its gauge, at 0 when nothing waits for it any more.
         """
@@ -159,13 +227,13 @@ class RunnerStats:
     def mean_load_seconds(self) -> float | None:
         """Return the mean spawn-to-ready time so far, or ``None`` before the first load."""
         with self._lock:
-            return self._load_sum / self._load_count if self._load_count else None
+            total, count = self._load_totals()
+        return total / count if count else None
 
     def observe_wait(self, model: str, seconds: float) -> None:
         """Record one finished wait for ``model`` (admitted or not)."""
         with self._lock:
-            total, count = self._queue_wait.get(model, (0.0, 0))
-            self._queue_wait[model] = (total + max(seconds, 0.0), count + 1)
+            self._queue_wait.labels(model).observe(max(seconds, 0.0))
 
     def set_memory(
         self, model: str, mode: str, estimate_bytes: int, measured_bytes: int = 0
@@ -181,133 +249,106 @@ class RunnerStats:
 
     def snapshot(self) -> StatsSnapshot:
         """Return a consistent copy of every counter."""
-        # Read outside our lock: the source takes the scheduler's.
-        depths = self._queue_source() if self._queue_source is not None else {}
+        depths = self._read_queue()
         with self._lock:
-            for model in self._queue_depth:
-                self._queue_depth[model] = 0
-            self._queue_depth.update(depths)
-            cumulative: list[tuple[float, int]] = []
-            running = 0
-            for bound, count in zip(LOAD_BUCKETS_SECONDS, self._bucket_counts):
-                running += count
-                cumulative.append((bound, running))
-            cumulative.append((float("inf"), self._load_count))
+            load_sum, load_count = self._load_totals()
+            wait_sums = _by_label(self._queue_wait, "_sum", "model")
+            wait_counts = _by_label(self._queue_wait, "_count", "model")
             return StatsSnapshot(
-                starts=self._starts,
-                start_failures=dict(self._start_failures),
-                load_buckets=tuple(cumulative),
-                load_sum_seconds=self._load_sum,
-                load_count=self._load_count,
-                stops=dict(self._stops),
-                evictions=dict(self._evictions),
-                refusals=dict(self._refusals),
-                queue_depth=dict(self._queue_depth),
-                queue_wait=dict(self._queue_wait),
+                starts=int(_sample_values(self._starts, "_total")[0][1]),
+                start_failures=_counts(self._start_failures),
+                load_buckets=tuple(
+                    (float(labels["le"]), int(value))
+                    for labels, value in _sample_values(self._load, "_bucket")
+                ),
+                load_sum_seconds=load_sum,
+                load_count=load_count,
+                stops=_counts(self._stops),
+                evictions=_counts(self._evictions),
+                refusals=_counts(self._refusals),
+                queue_depth=self._update_depths(depths),
+                queue_wait={
+                    model: (total, int(wait_counts[model])) for model, total in wait_sums.items()
+                },
                 memory=dict(self._memory),
             )
 
-    def to_prometheus(self, prefix: str = "dmr_") -> str:
-        """Return the counters as Prometheus text exposition (ends with a newline)."""
-        snap = self.snapshot()
-        out = [
-            f"# HELP {prefix}runner_starts_total Runner processes spawned.",
-            f"# TYPE {prefix}runner_starts_total counter",
-            f"{prefix}runner_starts_total {snap.starts}",
-            f"# HELP {prefix}runner_start_failures_total Runner starts that failed, by reason.",
-            f"# TYPE {prefix}runner_start_failures_total counter",
-        ]
-        out += [
-            f'{prefix}runner_start_failures_total{{reason="{reason}"}} {count}'
-            for reason, count in snap.start_failures.items()
-        ]
-        out += [
-            f"# HELP {prefix}runner_load_seconds Time from spawn to a healthy runner.",
-            f"# TYPE {prefix}runner_load_seconds histogram",
-        ]
-        for bound, count in snap.load_buckets:
-            label = "+Inf" if bound == float("inf") else f"{bound:g}"
-            out.append(f'{prefix}runner_load_seconds_bucket{{le="{label}"}} {count}')
-        out += [
-            f"{prefix}runner_load_seconds_sum {snap.load_sum_seconds:.6f}",
-            f"{prefix}runner_load_seconds_count {snap.load_count}",
-            f"# HELP {prefix}runner_stops_total Runners stopped or gone, by reason.",
-            f"# TYPE {prefix}runner_stops_total counter",
-        ]
-        out += [
-            f'{prefix}runner_stops_total{{reason="{reason}"}} {count}'
-            for reason, count in snap.stops.items()
-        ]
-        out += _memory_lines(snap, prefix)
-        return "\n".join(out) + "\n"
+    def collect(self) -> Iterable[Metric]:
+        """Return the metric families for a scrape, queue depths and memory read now."""
+        depths = self._read_queue()
+        with self._lock:
+            return [
+                *without_created(self._starts),
+                *without_created(self._start_failures),
+                *without_created(self._load),
+                *without_created(self._stops),
+                *without_created(self._evictions),
+                *without_created(self._refusals),
+                _queue_depth_family(self._update_depths(depths)),
+                *without_created(self._queue_wait),
+                *_memory_families(self._memory),
+            ]
+
+    def _read_queue(self) -> dict[str, int]:
+        """Return the queue depths by model from the watched source (empty without one)."""
+        # Called outside our lock: the source takes the scheduler's, whose holders record here.
+        return self._queue_source() if self._queue_source is not None else {}
+
+    def _update_depths(self, depths: dict[str, int]) -> dict[str, int]:
+        """Merge ``depths`` into the gauges (models not waiting now go to 0); return a copy."""
+        for model in self._queue_depth:
+            self._queue_depth[model] = 0
+        self._queue_depth.update(depths)
+        return dict(self._queue_depth)
+
+    def _load_totals(self) -> tuple[float, int]:
+        """Return the sum of the load durations and their count."""
+        total = _sample_values(self._load, "_sum")[0][1]
+        count = _sample_values(self._load, "_count")[0][1]
+        return total, int(count)
 
 
-def _memory_lines(snap: StatsSnapshot, prefix: str) -> list[str]:
-    """Return the admission, queue and memory metrics of ``snap``."""
-    out = [
-        f"# HELP {prefix}runner_evictions_total Idle runners stopped, by reason.",
-        f"# TYPE {prefix}runner_evictions_total counter",
-    ]
-    out += [
-        f'{prefix}runner_evictions_total{{reason="{reason}"}} {count}'
-        for reason, count in snap.evictions.items()
-    ]
-    out += [
-        f"# HELP {prefix}admissions_refused_total Requests refused before a runner started, "
-        f"by reason.",
-        f"# TYPE {prefix}admissions_refused_total counter",
-    ]
-    out += [
-        f'{prefix}admissions_refused_total{{reason="{reason}"}} {count}'
-        for reason, count in snap.refusals.items()
-    ]
-    out += [
-        f"# HELP {prefix}queue_depth Requests waiting for memory, a runner slot or a loading "
-        f"runner, by model.",
-        f"# TYPE {prefix}queue_depth gauge",
-    ]
-    out += [
-        f'{prefix}queue_depth{{model="{_label(model)}"}} {depth}'
-        for model, depth in sorted(snap.queue_depth.items())
-    ]
-    out += [
-        f"# HELP {prefix}queue_wait_seconds Time requests waited before they were served a "
-        f"runner or refused, by model.",
-        f"# TYPE {prefix}queue_wait_seconds summary",
-    ]
-    for model, (total, count) in sorted(snap.queue_wait.items()):
-        out.append(f'{prefix}queue_wait_seconds_sum{{model="{_label(model)}"}} {total:.6f}')
-        out.append(f'{prefix}queue_wait_seconds_count{{model="{_label(model)}"}} {count}')
-    gauges = sorted(snap.memory.items())
-    out += [
-        f"# HELP {prefix}runner_memory_estimate_bytes RAM the estimate predicted for a loaded "
-        f"runner.",
-        f"# TYPE {prefix}runner_memory_estimate_bytes gauge",
-    ]
-    out += [
-        f'{prefix}runner_memory_estimate_bytes{{model="{_label(model)}",mode="{mode}"}} '
-        f"{gauge.estimate_bytes}"
-        for (model, mode), gauge in gauges
-    ]
-    out += [
-        f"# HELP {prefix}runner_memory_measured_bytes Largest RSS measured for a loaded runner.",
-        f"# TYPE {prefix}runner_memory_measured_bytes gauge",
-    ]
-    out += [
-        f'{prefix}runner_memory_measured_bytes{{model="{_label(model)}",mode="{mode}"}} '
-        f"{gauge.measured_bytes}"
-        for (model, mode), gauge in gauges
-        if gauge.measured_bytes > 0
-    ]
-    out += [
-        f"# HELP {prefix}runner_memory_estimate_error_ratio (estimate - measured) / measured "
-        f"RAM of a loaded runner; positive when the estimate is larger.",
-        f"# TYPE {prefix}runner_memory_estimate_error_ratio gauge",
-    ]
-    out += [
-        f'{prefix}runner_memory_estimate_error_ratio{{model="{_label(model)}",mode="{mode}"}} '
-        f"{gauge.error_ratio:.4f}"
-        for (model, mode), gauge in gauges
-        if gauge.error_ratio is not None
-    ]
-    return out
+def _counts(counter: Counter) -> dict[str, int]:
+    """Return a counter's values by ``reason``."""
+    return {reason: int(value) for reason, value in _by_label(counter, "_total", "reason").items()}
+
+
+def _queue_depth_family(depths: dict[str, int]) -> GaugeMetricFamily:
+    """Return the queue-depth gauge of every model seen, sorted by model."""
+    family = GaugeMetricFamily(
+        "dmr_queue_depth",
+        "Requests waiting for memory, a runner slot or a loading runner, by model.",
+        labels=["model"],
+    )
+    for model, depth in sorted(depths.items()):
+        family.add_metric([model], depth)
+    return family
+
+
+def _memory_families(memory: dict[tuple[str, str], MemoryGauge]) -> list[GaugeMetricFamily]:
+    """Return the estimated, measured and error-ratio gauges of the runners loaded now."""
+    labels = ["model", "mode"]
+    estimate = GaugeMetricFamily(
+        "dmr_runner_memory_estimate_bytes",
+        "RAM the estimate predicted for a loaded runner.",
+        labels=labels,
+    )
+    measured = GaugeMetricFamily(
+        "dmr_runner_memory_measured_bytes",
+        "Largest RSS measured for a loaded runner.",
+        labels=labels,
+    )
+    error = GaugeMetricFamily(
+        "dmr_runner_memory_estimate_error_ratio",
+        "(estimate - measured) / measured RAM of a loaded runner; positive when the estimate "
+        "is larger.",
+        labels=labels,
+    )
+    for (model, mode), gauge in sorted(memory.items()):
+        estimate.add_metric([model, mode], gauge.estimate_bytes)
+        if gauge.measured_bytes > 0:
+            measured.add_metric([model, mode], gauge.measured_bytes)
+        if gauge.error_ratio is not None:
+            # Four decimals, as /metrics has always given it: the estimate is no finer.
+            error.add_metric([model, mode], round(gauge.error_ratio, 4))
+    return [estimate, measured, error]

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from orchestrator.atomicfile import TEMP_MARK, sync_directory, write_atomic
 from orchestrator.errors import InvalidRequestError, StoreError
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ FILE_MODE = 0o644
 DIR_MODE = 0o755
 CHUNK_BYTES = 1 << 20
 INCOMPLETE_SUFFIX = ".incomplete"
-TEMP_MARK = ".tmp-"
 STALE_INCOMPLETE_SECONDS = 7 * 24 * 3600.0
 STALE_TEMP_SECONDS = 24 * 3600.0
 LOCK_TIMEOUT_SECONDS = 120.0
@@ -179,19 +179,11 @@ def ensure_dir(path: Path) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    """Flush a directory entry change (a rename) to disk."""
+    """Flush a directory entry change (a rename) to disk (see :func:`sync_directory`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        sync_directory(path)
     except OSError as ex:
-        raise _store_error("open directory", path, ex) from ex
-    try:
-        os.fsync(fd)
-    except OSError as ex:
-        # NOTE(store): some file systems (and some FUSE mounts) do not sync directories.
-        if ex.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise _store_error("sync directory", path, ex) from ex
-    finally:
-        os.close(fd)
+        raise _store_error("sync directory", path, ex) from ex
 
 
 def publish(temp: Path, final: Path) -> None:
@@ -207,23 +199,16 @@ def publish(temp: Path, final: Path) -> None:
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync directory."""
+    """Write ``data`` to ``path`` (mode 0644) with :func:`~orchestrator.atomicfile.write_atomic`.
+
+    Raises:
+        StoreError: The directory cannot be created or the file cannot be written.
+    """
     ensure_dir(path.parent)
     try:
-        fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + TEMP_MARK)
+        write_atomic(path, data, mode=FILE_MODE)
     except OSError as ex:
-        raise _store_error("create a temporary file in", path.parent, ex) from ex
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as ex:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         raise _store_error("write", path, ex) from ex
-    publish(temp, path)
 
 
 def copy_hashing(

@@ -1,7 +1,7 @@
 """What the store hands out: ``ModelRecord`` (a model in the index) and ``Bundle`` (its files).
 
 Also the pure parsing of manifests and config blobs (DMR spec sections 3.1 and 3.3), shared by
-the store and the tar loader.
+the store, the tar loader and the registry client.
 """
 
 from __future__ import annotations
@@ -13,63 +13,91 @@ import re
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import InvalidRequestError
+from orchestrator.errors import InvalidRequestError, UnsupportedModelError
 from orchestrator.store import mediatypes
 from orchestrator.store.layout import parse_digest
 
 # Field order of DMR's types.Config; the API and bundle config.json follow it.
 _CONFIG_STRING_KEYS = ("format", "quantization", "parameters", "architecture", "size")
 _CONFIG_MAP_KEYS = ("gguf", "safetensors", "diffusers")
+_INDEX_TYPES = (mediatypes.OCI_INDEX, mediatypes.DOCKER_MANIFEST_LIST)
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
 )
 
 
-def _bad_manifest(why: str) -> InvalidRequestError:
+def _bad_manifest(name: str | None, why: str) -> InvalidRequestError:
+    subject = f"invalid model manifest of '{name}'" if name else "invalid model manifest"
     return InvalidRequestError(
-        f"invalid model manifest: {why}; rebuild the artifact with 'docker model package'"
+        f"{subject}: {why}; rebuild the artifact with 'docker model package'"
     )
 
 
-def _check_descriptor(value: object, where: str) -> dict[str, Any]:
+def _check_descriptor(value: object, where: str, name: str | None) -> None:
     if not isinstance(value, dict):
-        raise _bad_manifest(f"{where} is not a descriptor object")
+        raise _bad_manifest(name, f"{where} is not a descriptor object")
     if not isinstance(value.get("mediaType"), str):
-        raise _bad_manifest(f"{where} has no 'mediaType'")
+        raise _bad_manifest(name, f"{where} has no 'mediaType'")
     size = value.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _bad_manifest(f"{where} has no valid 'size'")
+        raise _bad_manifest(name, f"{where} has no valid 'size'")
     try:
         parse_digest(value.get("digest"))  # type: ignore[arg-type]
     except InvalidRequestError:
-        raise _bad_manifest(f"{where} has an invalid 'digest' {value.get('digest')!r}") from None
+        raise _bad_manifest(
+            name, f"{where} has an invalid 'digest' {value.get('digest')!r}"
+        ) from None
     annotations = value.get("annotations")
     if annotations is not None and not isinstance(annotations, dict):
-        raise _bad_manifest(f"{where} has 'annotations' that are not an object")
-    return value
+        raise _bad_manifest(name, f"{where} has 'annotations' that are not an object")
 
 
-def parse_manifest(raw: bytes) -> dict[str, Any]:
-    """Parse and check an OCI image manifest of a model artifact.
+def parse_manifest(
+    raw: bytes, *, name: str | None = None, content_type: str = ""
+) -> dict[str, Any]:
+    """Parse and check the OCI image manifest of a model artifact (DMR spec section 3.1).
+
+    The one check of every manifest the daemon meets: pulled, pushed, loaded from a tar,
+    registered by ``package`` or read back from the store. Digests may be ``sha256`` or
+    ``sha512`` (the store's blob names); what a registry transfer additionally needs is
+    checked by :func:`orchestrator.registry.manifest.check_transferable`.
+
+    Args:
+        raw: The manifest bytes.
+        name: The model reference, for messages (``None``: the manifest is not named).
+        content_type: The media type a registry served it with, used when the body names
+            none (to recognise an image index).
 
     Raises:
-        InvalidRequestError: Not JSON, not ``schemaVersion`` 2, or a bad config/layer
-            descriptor.
+        UnsupportedModelError: An image index (a container image, not a model), or a
+            ``schemaVersion`` other than 2.
+        InvalidRequestError: Not a JSON object, or a config or layer descriptor without a
+            media type, a size of 0 or more, a ``sha256``/``sha512`` digest or object
+            annotations.
     """
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as ex:
-        raise _bad_manifest(f"it is not JSON ({ex})") from ex
+        raise _bad_manifest(name, f"it is not JSON ({ex})") from ex
     if not isinstance(manifest, dict):
-        raise _bad_manifest("it is not a JSON object")
+        raise _bad_manifest(name, "it is not a JSON object")
+    subject = f"'{name}'" if name else "the manifest"
+    if (manifest.get("mediaType") or content_type) in _INDEX_TYPES or "manifests" in manifest:
+        raise UnsupportedModelError(
+            f"{subject} is an image index, not a model artifact; pull or load a model, not a "
+            f"container image"
+        )
     if manifest.get("schemaVersion") != 2:
-        raise _bad_manifest(f"schemaVersion is {manifest.get('schemaVersion')!r}, not 2")
-    _check_descriptor(manifest.get("config"), "config")
+        raise UnsupportedModelError(
+            f"{subject} has manifest schema version {manifest.get('schemaVersion')!r}; only "
+            f"version 2 is supported"
+        )
+    _check_descriptor(manifest.get("config"), "config", name)
     layers = manifest.get("layers")
     if not isinstance(layers, list):
-        raise _bad_manifest("'layers' is not a list")
+        raise _bad_manifest(name, "'layers' is not a list")
     for position, layer in enumerate(layers):
-        _check_descriptor(layer, f"layer {position}")
+        _check_descriptor(layer, f"layer {position}", name)
     return manifest
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 from orchestrator.errors import InvalidReferenceError
 
@@ -214,6 +215,17 @@ def familiar_name(tag_string: str) -> str:
     if text.endswith(":" + DEFAULT_TAG):
         text = text[: -len(DEFAULT_TAG) - 1]
     return text
+
+
+def model_label(tags: Sequence[str], model_id: str) -> str:
+    """Return the one name a model goes by in ``ps``, metrics, logs and messages.
+
+    The familiar form of its first tag (``smollm2:135M-Q4_1``); an untagged model goes by its
+    12-hex short ID. Every surface calls this, so one model never shows under two names.
+    """
+    if tags:
+        return familiar_name(tags[0])
+    return model_id.rpartition(":")[2][:12]
 
 
 def is_insecure_registry(registry: str, extra: tuple[str, ...] = ()) -> bool:

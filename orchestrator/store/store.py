@@ -28,6 +28,7 @@ from orchestrator.errors import (
     ModelNotFoundError,
     NotFoundError,
     StoreError,
+    UnsupportedModelError,
 )
 from orchestrator.store import bundles, index
 from orchestrator.store.index import IndexEntry
@@ -266,7 +267,7 @@ class Store:
         try:
             manifest = parse_manifest(raw)
             config = json.loads(self.read_blob(manifest["config"]["digest"]))
-        except (InvalidRequestError, NotFoundError, ValueError) as ex:
+        except (InvalidRequestError, UnsupportedModelError, NotFoundError, ValueError) as ex:
             raise StoreError(
                 f"model '{model_id}' is damaged in the store ({ex}); delete it and pull it again"
             ) from ex
@@ -327,6 +328,7 @@ class Store:
 
         Raises:
             InvalidRequestError: The manifest or config blob is malformed (or a tag is invalid).
+            UnsupportedModelError: The manifest is an image index or not schema version 2.
             StoreError: A blob the manifest names is not in the store.
         """
         manifest = parse_manifest(manifest_bytes)

@@ -252,7 +252,9 @@ def load_tar(
 
     Raises:
         InvalidRequestError: Not a tar archive, truncated, an unexpected or unsafe entry, a blob
-            that does not hash to its name, no ``manifest.json``, or a blob it names missing.
+            that does not hash to its name, no ``manifest.json``, a malformed manifest, or a
+            blob it names missing.
+        UnsupportedModelError: The manifest is an image index or not schema version 2.
         StoreError: The store cannot be written.
     """
     try:

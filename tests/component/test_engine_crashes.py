@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Config
 from orchestrator.errors import EngineCrashedError
 from orchestrator.runners.scheduler import Scheduler
+from orchestrator.settings import Config
 from tests.component.conftest import add_stub_model
 from tests.fakes.store_stub import StubRecord, StubStore
 from tests.support.api_app import (

@@ -53,8 +53,8 @@ def test_inspect_and_ps_show_the_estimate_and_the_measurement(make_harness: Any)
     learned = json.loads(harness.client.simulate_get("/models/ai/tiny").text)["memory"]["learned"]
     assert learned["ready_rss"] == entry["memory"]["measured"]["rss"]
     metrics = harness.client.simulate_get("/metrics").text
-    assert 'dmr_runner_memory_estimate_bytes{model="tiny",mode="completion"}' in metrics
-    assert 'dmr_runner_evictions_total{reason="memory"} 0' in metrics
+    assert 'dmr_runner_memory_estimate_bytes{mode="completion",model="tiny"} ' in metrics
+    assert 'dmr_runner_evictions_total{reason="memory"} 0.0\n' in metrics
 
 
 def test_a_model_too_large_for_the_cap_is_507(make_harness: Any) -> None:
@@ -75,7 +75,7 @@ def test_queue_overflow_is_429_with_retry_after(
     thread = threading.Thread(target=lambda: first.append(chat(harness)))
     thread.start()
     try:
-        assert wait_until(lambda: harness.scheduler.queue_depths().get("tiny") == 1, timeout=5.0)
+        assert wait_until(lambda: harness.scheduler.management.queue_depths().get("tiny") == 1, timeout=5.0)
         result = chat(harness)
     finally:
         thread.join(15)
@@ -84,7 +84,7 @@ def test_queue_overflow_is_429_with_retry_after(
     assert int(result.headers["retry-after"]) >= 1
     assert first[0].status_code == 200
     metrics = harness.client.simulate_get("/metrics").text
-    assert 'dmr_admissions_refused_total{reason="queue_full"} 1' in metrics
+    assert 'dmr_admissions_refused_total{reason="queue_full"} 1.0\n' in metrics
 
 
 def test_pull_warns_when_the_model_can_never_fit(

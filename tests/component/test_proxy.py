@@ -27,6 +27,7 @@ from orchestrator.errors import RunnerCrashedError
 from orchestrator.proxy import forward
 from tests.support.api_app import ApiHarness, build_harness
 from tests.support.processes import wait_until
+from tests.support.runner_views import ps
 
 
 class FakeLease:
@@ -329,12 +330,12 @@ def test_client_disconnect_stops_generation_promptly(harness: ApiHarness) -> Non
     next(chunks)
     next(chunks)
     assert _runner_metric(harness, "llamacpp:requests_processing") == 1
-    assert [entry.get("in_use") for entry in harness.scheduler.ps()] == [True]
+    assert [entry.get("in_use") for entry in ps(harness.scheduler)] == [True]
     iterable.close()
     assert wait_until(
         lambda: _runner_metric(harness, "llamacpp:requests_processing") == 0, timeout=3
     )
-    assert not any(entry.get("in_use") for entry in harness.scheduler.ps())
+    assert not any(entry.get("in_use") for entry in ps(harness.scheduler))
 
 
 def test_runner_killed_mid_stream_gives_one_error_event_then_recovers(harness: ApiHarness) -> None:
@@ -342,7 +343,7 @@ def test_runner_killed_mid_stream_gives_one_error_event_then_recovers(harness: A
     iterable = _start_stream(harness)
     chunks = iter(iterable)
     next(chunks)
-    (runner,) = harness.scheduler.active_runners()
+    (runner,) = harness.scheduler.management.active_runners()
     assert runner.pid is not None
     os.kill(runner.pid, signal.SIGKILL)
     rest = b"".join(chunks)

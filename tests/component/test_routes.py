@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from orchestrator import __version__
-from orchestrator.logs import format_timestamp
+from orchestrator.logfiles import format_timestamp
 from tests.support.api_app import ApiHarness, assert_error_shape, build_harness
 from tests.support.processes import wait_until
 
@@ -231,8 +231,8 @@ def test_configure_persists_and_preloads(harness: ApiHarness) -> None:
         )
         == []
     )
-    assert wait_until(lambda: len(harness.scheduler.active_runners()) == 1, timeout=5)
-    (runner,) = harness.scheduler.active_runners()
+    assert wait_until(lambda: len(harness.scheduler.management.active_runners()) == 1, timeout=5)
+    (runner,) = harness.scheduler.management.active_runners()
     assert runner.context_size == 1024
 
 
@@ -257,14 +257,17 @@ def test_purge_refused_while_streaming(harness: ApiHarness) -> None:
 def test_metrics_merge_runner_and_daemon_families(harness: ApiHarness) -> None:
     """/metrics has our request counters and the runner's families with backend/model/mode."""
     harness.client.simulate_post("/engines/v1/chat/completions", json={"model": "ai/tiny"})
-    text = harness.client.simulate_get("/metrics").text
-    assert 'dmr_requests_total{model="tiny",mode="completion",status="200"} 1' in text
-    assert "dmr_runner_starts_total 1" in text
+    result = harness.client.simulate_get("/metrics")
+    assert result.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    text = result.text
+    assert 'dmr_requests_total{mode="completion",model="tiny",status="200"} 1.0\n' in text
+    assert "dmr_runner_starts_total 1.0\n" in text
     assert (
-        'llamacpp:requests_processing{backend="llama.cpp",model="tiny",mode="completion"} 0' in text
+        'llamacpp:requests_processing{backend="llama.cpp",mode="completion",model="tiny"} 0.0\n'
+        in text
     )
     assert text.count("# TYPE llamacpp:requests_processing ") == 1
-    assert 'dmr_request_duration_seconds_count{model="tiny",mode="completion"} 1' in text
+    assert 'dmr_request_duration_seconds_count{mode="completion",model="tiny"} 1.0\n' in text
 
 
 def test_metrics_without_runners_and_disabled() -> None:

@@ -21,19 +21,20 @@ from typing import Any
 import psutil
 import pytest
 
-from orchestrator.config import Config
 from orchestrator.errors import (
     ConflictError,
     RunnerStartError,
     RunnerTimeoutError,
     ServiceUnavailableError,
 )
-from orchestrator.runners.configs import RunnerSettings
-from orchestrator.runners.health import UnixHTTPConnection
+from orchestrator.runners.persisted import RunnerSettings
 from orchestrator.runners.process import KILL_WAIT_SECONDS
 from orchestrator.runners.scheduler import Scheduler
+from orchestrator.settings import Config
+from orchestrator.unixhttp import UnixHTTPConnection
 from tests.fakes.store_stub import StubRecord, StubStore
 from tests.support.processes import is_gone, stop_process, wait_until
+from tests.support.runner_views import configurations, ps
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_ENGINE = REPO / "tests" / "fakes" / "fake_llama_server.py"
@@ -105,10 +106,10 @@ def test_concurrent_first_requests_start_one_process(
     assert len({lease.runner.pid for lease in leases}) == 1
     assert len(started_pids()) == 1
     assert scheduler.stats.snapshot().starts == 1
-    assert scheduler.ps()[0]["in_use"] is True
+    assert ps(scheduler)[0]["in_use"] is True
     for lease in leases:
         lease.release()
-    assert "in_use" not in scheduler.ps()[0]
+    assert "in_use" not in ps(scheduler)[0]
 
 
 def test_runner_serves_http_on_its_socket(make_scheduler: Callable[..., Scheduler], record: StubRecord) -> None:
@@ -119,11 +120,11 @@ def test_runner_serves_http_on_its_socket(make_scheduler: Callable[..., Schedule
         argv = json.loads(body)["argv"]
         assert status == 200 and argv[argv.index("--ctx-size") + 1] == "2048"
         assert lease.runner.context_size == 2048
-        entry = scheduler.ps()[0]
+        entry = ps(scheduler)[0]
         assert entry["model_name"] == "smollm2" and entry["socket"] == lease.socket_path
         assert entry["last_used"] == "0001-01-01T00:00:00Z"
-    assert scheduler.ps()[0]["last_used"].endswith("Z")
-    assert scheduler.active_runners()[0].pid == lease.runner.pid
+    assert ps(scheduler)[0]["last_used"].endswith("Z")
+    assert scheduler.management.active_runners()[0].pid == lease.runner.pid
 
 
 def test_crash_at_load_fails_fast_with_log_tail(
@@ -153,7 +154,7 @@ def test_crash_at_load_fails_fast_with_log_tail(
     tail = error.details["log_tail"]
     assert isinstance(tail, list) and any("error loading model" in line for line in tail)
     assert len(tail) <= 40
-    assert scheduler.ps() == []
+    assert ps(scheduler) == []
     assert scheduler.stats.snapshot().start_failures["error"] == 1
 
 
@@ -172,7 +173,7 @@ def test_hang_times_out_within_deadline_and_process_is_gone(
     assert "load_timeout_seconds" in info.value.message
     (pid,) = started_pids()
     assert is_gone(pid)
-    assert scheduler.ps() == []
+    assert ps(scheduler) == []
     assert list((scheduler._runners_dir).glob("*")) == []  # pid file and socket removed
 
 
@@ -184,7 +185,7 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(
     with scheduler.acquire(record, "completion") as lease:
         pid = lease.runner.pid
     started = time.monotonic()
-    assert scheduler.unload(all=True) == 1
+    assert scheduler.management.unload(all=True) == 1
     elapsed = time.monotonic() - started
     assert 0.5 <= elapsed < 0.5 + KILL_WAIT_SECONDS
     assert elapsed < 1.5
@@ -199,8 +200,8 @@ def test_idle_runner_is_reaped_after_keep_alive(make_scheduler: Callable[..., Sc
     with scheduler.acquire(record, "completion") as lease:
         pid = lease.runner.pid
     released = time.monotonic()
-    assert scheduler.ps()[0]["keep_alive"] == "0.2s"
-    assert wait_until(lambda: scheduler.ps() == [], timeout=3.0)
+    assert ps(scheduler)[0]["keep_alive"] == "0.2s"
+    assert wait_until(lambda: ps(scheduler) == [], timeout=3.0)
     assert time.monotonic() - released >= 0.2
     assert pid is not None and wait_until(lambda: is_gone(pid), timeout=3.0)
     assert scheduler.stats.snapshot().stops["idle"] == 1
@@ -208,23 +209,23 @@ def test_idle_runner_is_reaped_after_keep_alive(make_scheduler: Callable[..., Sc
 
 def test_configured_keep_alive_overrides_the_default(make_scheduler: Callable[..., Scheduler], record: StubRecord) -> None:
     scheduler = make_scheduler(keep_alive=300.0)
-    scheduler.configure(record, RunnerSettings(keep_alive=0.2))
+    scheduler.management.configure(record, RunnerSettings(keep_alive=0.2))
     with scheduler.acquire(record, "completion"):
         pass
-    assert wait_until(lambda: scheduler.ps() == [], timeout=3.0)
+    assert wait_until(lambda: ps(scheduler) == [], timeout=3.0)
 
 
 def test_leased_runner_is_never_reaped(make_scheduler: Callable[..., Scheduler], record: StubRecord) -> None:
     scheduler = make_scheduler(keep_alive=0.0)
     lease = scheduler.acquire(record, "completion")
     time.sleep(0.6)
-    (entry,) = scheduler.ps()
+    (entry,) = ps(scheduler)
     assert entry["in_use"] is True and entry["pid"] == lease.runner.pid
     assert lease.runner.pid is not None and not is_gone(lease.runner.pid)
-    assert scheduler.unload(all=True) == 0  # in use: not unloaded either
+    assert scheduler.management.unload(all=True) == 0  # in use: not unloaded either
     lease.release()
     lease.release()  # idempotent
-    assert wait_until(lambda: scheduler.ps() == [], timeout=3.0)
+    assert wait_until(lambda: ps(scheduler) == [], timeout=3.0)
 
 
 def test_crashed_runner_is_removed_and_next_acquire_starts_fresh(
@@ -236,7 +237,7 @@ def test_crashed_runner_is_removed_and_next_acquire_starts_fresh(
     with pytest.raises((http.client.HTTPException, OSError)):
         request(lease.socket_path, "POST", "/fake/crash", {})
     lease.report_crash()
-    assert scheduler.ps() == []  # removed at once, even though the lease is still held
+    assert ps(scheduler) == []  # removed at once, even though the lease is still held
     lease.release()
     assert scheduler.stats.snapshot().stops["crash"] == 1
     with scheduler.acquire(record, "completion") as fresh:
@@ -252,9 +253,31 @@ def test_runner_killed_while_idle_is_dropped_by_the_scheduler(
         pid = lease.runner.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: scheduler.ps() == [], timeout=3.0)
+    assert wait_until(lambda: ps(scheduler) == [], timeout=3.0)
     engine_log = Path(lease.runner.log_path).read_text()
     assert "out-of-memory" in engine_log  # a SIGKILL we did not send
+
+
+@pytest.mark.parametrize("how", ["unload", "shutdown", "configure"])
+def test_a_stopped_runner_gets_one_sigterm_and_finishes_its_cleanup(
+    make_scheduler: Callable[..., Scheduler], record: StubRecord, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Taking a runner out of the table and stopping it sends SIGTERM once: llama-server ends
+    a clean shutdown with status 0, but a second SIGTERM makes it exit 1 at once."""
+    monkeypatch.setenv("FAKE_LLAMA_SHUTDOWN_SECONDS", "0.5")
+    scheduler = make_scheduler()
+    with scheduler.acquire(record, "completion") as lease:
+        pid = lease.runner.pid
+    if how == "unload":
+        assert scheduler.management.unload(all=True) == 1
+    elif how == "configure":
+        scheduler.management.configure(record, RunnerSettings(context_size=1024))
+    else:
+        scheduler.shutdown()
+    assert wait_until(lambda: is_gone(pid), timeout=5.0)
+    engine_log = Path(lease.runner.log_path).read_text()
+    assert "second interrupt" not in engine_log
+    assert engine_log.rstrip().endswith("exited with status 0")
 
 
 def test_shutdown_stops_every_runner_and_refuses_new_ones(
@@ -268,13 +291,13 @@ def test_shutdown_stops_every_runner_and_refuses_new_ones(
     held = scheduler.acquire(record, "completion")
     with scheduler.acquire(record, "embedding"), scheduler.acquire(other, "completion"):
         pass
-    pids = [entry["pid"] for entry in scheduler.ps()]
+    pids = [entry["pid"] for entry in ps(scheduler)]
     assert len(pids) == 3
     started = time.monotonic()
     scheduler.shutdown()
     assert time.monotonic() - started < 2.0  # one shared grace, not one per runner
     assert all(is_gone(pid) for pid in pids)
-    assert scheduler.ps() == []
+    assert ps(scheduler) == []
     with pytest.raises(ServiceUnavailableError):
         scheduler.acquire(record, "completion")
     held.release()
@@ -286,18 +309,18 @@ def test_configure_conflicts_while_busy_and_restarts_idle_runner(
 ) -> None:
     scheduler = make_scheduler()
     with scheduler.acquire(record, "completion") as lease, pytest.raises(ConflictError):
-        scheduler.configure(record, RunnerSettings(context_size=1024))
+        scheduler.management.configure(record, RunnerSettings(context_size=1024))
     old_pid = lease.runner.pid
     settings = RunnerSettings(context_size=1024, runtime_flags=("--temp", "0.1"))
-    scheduler.configure(record, settings)
-    assert scheduler.ps() == []  # idle runner evicted so the next start uses the new args
+    scheduler.management.configure(record, settings)
+    assert ps(scheduler) == []  # idle runner evicted so the next start uses the new args
     assert old_pid is not None and is_gone(old_pid)
     with scheduler.acquire(record, "completion") as lease:
         argv = json.loads(request(lease.socket_path, "GET", "/fake/argv")[1])["argv"]
         assert argv[argv.index("--ctx-size") + 1] == "1024" and "--temp" in argv
-    scheduler.configure(record, settings)  # unchanged: the idle runner stays
-    assert len(scheduler.ps()) == 1
-    assert scheduler.configurations() == [
+    scheduler.management.configure(record, settings)  # unchanged: the idle runner stays
+    assert len(ps(scheduler)) == 1
+    assert configurations(scheduler) == [
         {
             "Backend": "llama.cpp",
             "Model": "docker.io/ai/smollm2:latest",
@@ -306,17 +329,17 @@ def test_configure_conflicts_while_busy_and_restarts_idle_runner(
             "Config": {"context-size": 1024, "runtime-flags": ["--temp", "0.1"]},
         }
     ]
-    assert scheduler.unload(model_ids=[record.short_id]) == 1
-    assert len(scheduler.configurations(record.id)) == 1  # settings survive unload
+    assert scheduler.management.unload(model_ids=[record.short_id]) == 1
+    assert len(configurations(scheduler, record.id)) == 1  # settings survive unload
 
 
 def test_settings_survive_a_new_scheduler(
     make_scheduler: Callable[..., Scheduler], store: StubStore, record: StubRecord
 ) -> None:
-    make_scheduler().configure(record, RunnerSettings(context_size=512))
-    assert make_scheduler().configurations(record.id)[0]["Config"] == {"context-size": 512}
+    make_scheduler().management.configure(record, RunnerSettings(context_size=512))
+    assert configurations(make_scheduler(), record.id)[0]["Config"] == {"context-size": 512}
     store.remove(record)
-    assert make_scheduler().configurations() == []  # models no longer in the store are left out
+    assert configurations(make_scheduler()) == []  # models no longer in the store are left out
 
 
 def test_loading_runner_is_listed_as_loading(
@@ -327,12 +350,12 @@ def test_loading_runner_is_listed_as_loading(
     leases = []
     thread = threading.Thread(target=lambda: leases.append(scheduler.acquire(record, "reranking")))
     thread.start()
-    assert wait_until(lambda: any(e.get("loading") for e in scheduler.ps()), timeout=3.0)
-    entry = scheduler.ps()[0]
+    assert wait_until(lambda: any(e.get("loading") for e in ps(scheduler)), timeout=3.0)
+    entry = ps(scheduler)[0]
     assert entry["mode"] == "reranking" and entry["last_used"] == "0001-01-01T00:00:00Z"
     thread.join(10)
     leases[0].release()
-    assert "loading" not in scheduler.ps()[0]
+    assert "loading" not in ps(scheduler)[0]
 
 
 def test_startup_sweep_kills_leftover_runner(
@@ -365,7 +388,7 @@ def test_startup_sweep_kills_leftover_runner(
 PARENT_SCRIPT = """
 import sys, time
 from pathlib import Path
-from orchestrator.config import Config
+from orchestrator.settings import Config
 from orchestrator.runners.scheduler import Scheduler
 from tests.fakes.store_stub import StubStore
 

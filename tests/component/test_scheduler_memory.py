@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import Config
 from orchestrator.errors import (
     InsufficientMemoryError,
     MemoryBusyError,
@@ -25,13 +24,16 @@ from orchestrator.errors import (
 from orchestrator.memory.estimate import DeviceMemory, MemoryEstimate
 from orchestrator.memory.guard import MemoryGuard, RamReading
 from orchestrator.memory.learned import FootprintStore
-from orchestrator.runners import eviction
-from orchestrator.runners.admission import RunnerMemory
-from orchestrator.runners.configs import RunnerSettings
+from orchestrator.runners import chores
 from orchestrator.runners.lease import Lease
+from orchestrator.runners.memoryplan import MemoryPlanner
+from orchestrator.runners.persisted import RunnerSettings
 from orchestrator.runners.scheduler import Scheduler
+from orchestrator.settings import Config
 from tests.fakes.store_stub import StubRecord, StubStore
+from tests.support.metrics_text import exposition
 from tests.support.processes import is_gone, wait_until
+from tests.support.runner_views import memory_for, ps
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_ENGINE = REPO / "tests" / "fakes" / "fake_llama_server.py"
@@ -87,7 +89,11 @@ def make_scheduler(
     made: list[Scheduler] = []
 
     def make(
-        *, needs: dict[str, int] | None = None, memory: RunnerMemory | None = None, **overrides: Any
+        *,
+        needs: dict[str, int] | None = None,
+        memory: MemoryPlanner | None = None,
+        pressure_interval: float = 0.05,
+        **overrides: Any,
     ) -> Scheduler:
         settings: dict[str, Any] = {
             "load_timeout_seconds": 10.0,
@@ -106,7 +112,7 @@ def make_scheduler(
                 ram_probe=host.ram,
                 gpu_probe=list,
             )
-            memory = RunnerMemory(
+            memory = MemoryPlanner(
                 guard=guard,
                 estimator=lambda model_id, bundle, argv: need(sizes.get(Path(bundle.gguf_path).stem, 100)),
                 measurer=lambda pid: None,
@@ -118,7 +124,7 @@ def make_scheduler(
             runtime_dir=workdir / "run",
             log_dir=workdir / "logs",
             memory=memory,
-            pressure_interval=0.05,
+            pressure_interval=pressure_interval,
         )
         scheduler.start()
         made.append(scheduler)
@@ -131,7 +137,7 @@ def make_scheduler(
 
 def loaded(scheduler: Scheduler) -> list[str]:
     """Return the model names with a runner, sorted."""
-    return sorted(entry["model_name"] for entry in scheduler.ps())
+    return sorted(entry["model_name"] for entry in ps(scheduler))
 
 
 def use(scheduler: Scheduler, record: StubRecord) -> int | None:
@@ -177,7 +183,7 @@ def test_busy_runner_is_kept_and_the_request_waits_then_is_admitted(
     thread, result = acquire_in_thread(scheduler, models["b"])
     time.sleep(0.5)
     assert result == [] and loaded(scheduler) == ["a"]
-    assert scheduler.queue_depths()["b"] == 1
+    assert scheduler.management.queue_depths()["b"] == 1
     released = time.monotonic()
     held.release()
     thread.join(10)
@@ -201,7 +207,7 @@ def test_busy_past_max_wait_is_503_with_retry_after(
     error = caught.value
     assert (error.status, error.code) == (503, "insufficient_memory")
     assert "'a'" in error.message and "retry when they finish" in error.message
-    assert error.headers["Retry-After"].isdigit()  # type: ignore[attr-defined]
+    assert error.retry_after is not None and error.retry_after >= 1
     assert scheduler.stats.snapshot().refusals["busy"] == 1
 
 
@@ -219,7 +225,7 @@ def test_model_that_can_never_fit_is_507_at_once_and_starts_nothing(
     assert caught.value.status == 507
     assert "needs 200 MiB of RAM" in caught.value.message and "150 MiB" in caught.value.message
     assert caught.value.details["verdict"] == "too_large"
-    assert started_pids() == [] and scheduler.ps() == []
+    assert started_pids() == [] and ps(scheduler) == []
     assert scheduler.stats.snapshot().refusals["too_large"] == 1
 
 
@@ -256,35 +262,35 @@ def test_queue_overflow_is_429_with_retry_after(
     monkeypatch.setenv("FAKE_LLAMA_LOAD_SECONDS", "1.5")
     scheduler = make_scheduler(max_queue=2)
     waiters = [acquire_in_thread(scheduler, models["a"]) for _ in range(2)]
-    assert wait_until(lambda: scheduler.queue_depths().get("a") == 2, timeout=3.0)
+    assert wait_until(lambda: scheduler.management.queue_depths().get("a") == 2, timeout=3.0)
     with pytest.raises(TooManyRequestsError) as caught:
         scheduler.acquire(models["a"], "completion")
     error = caught.value
     assert (error.status, error.type, error.code) == (429, "rate_limit_error", "queue_full")
-    assert int(error.headers["Retry-After"]) >= 1 and "DMR_MAX_QUEUE" in error.message
+    assert error.retry_after is not None and error.retry_after >= 1 and "DMR_MAX_QUEUE" in error.message
     for thread, result in waiters:
         thread.join(10)
         assert isinstance(result[0], Lease), result
         result[0].release()
     assert scheduler.stats.snapshot().refusals["queue_full"] == 1
-    assert 'dmr_queue_depth{model="a"} 0' in scheduler.stats.to_prometheus()
+    assert 'dmr_queue_depth{model="a"} 0.0\n' in exposition(scheduler.stats)
 
 
 def test_pinned_runner_is_never_evicted(
     make_scheduler: Callable[..., Scheduler], models: dict[str, StubRecord]
 ) -> None:
     scheduler = make_scheduler(max_ram=150 * MiB, max_runners=1)
-    scheduler.configure(models["a"], RunnerSettings(pinned=True))
+    scheduler.management.configure(models["a"], RunnerSettings(pinned=True))
     with scheduler.acquire(models["a"], "completion") as lease:
         pid_a = lease.runner.pid
         # Pinning changes no argument: it applies to a busy runner without a restart.
-        scheduler.configure(models["a"], RunnerSettings(pinned=True, keep_alive=-1.0))
+        scheduler.management.configure(models["a"], RunnerSettings(pinned=True, keep_alive=-1.0))
     with pytest.raises(InsufficientMemoryError) as caught:
         scheduler.acquire(models["b"], "completion")
     assert caught.value.status == 507 and "pinned runners hold 100 MiB ('a')" in caught.value.message
     assert not is_gone(pid_a) and loaded(scheduler) == ["a"]
-    assert scheduler.ps()[0]["memory"]["pinned"] is True
-    assert scheduler.ps()[0]["keep_alive"] == "-1"
+    assert ps(scheduler)[0]["memory"]["pinned"] is True
+    assert ps(scheduler)[0]["keep_alive"] == "-1"
 
 
 def test_pressure_evicts_idle_runners_but_not_busy_ones(
@@ -307,10 +313,10 @@ def test_pressure_evicts_idle_runners_but_not_busy_ones(
 def test_one_sample_under_the_reserve_evicts_nothing(
     make_scheduler: Callable[..., Scheduler], models: dict[str, StubRecord], host: Host
 ) -> None:
-    scheduler = make_scheduler()
+    scheduler = make_scheduler(pressure_interval=3600.0)
     use(scheduler, models["a"])
     readings = iter([1 * GiB])
-    scheduler._sampler.stop()  # drive the samples by hand
+    monitor = scheduler.chores.pressure  # driven by hand: the chores' interval is an hour here
     host_ram = host.ram
 
     def one_dip() -> RamReading:
@@ -318,7 +324,7 @@ def test_one_sample_under_the_reserve_evicts_nothing(
         return host_ram()
 
     scheduler.memory.guard._ram_probe = one_dip
-    assert [scheduler._sampler.sample() for _ in range(5)] == [False] * 5
+    assert [monitor.sample() for _ in range(5)] == [False] * 5
     assert loaded(scheduler) == ["a"]
 
 
@@ -326,9 +332,9 @@ def test_learned_footprint_is_persisted_and_used_after_a_restart(
     make_scheduler: Callable[..., Scheduler], models: dict[str, StubRecord], store: StubStore
 ) -> None:
     config = Config(min_residency=0.0)
-    first = make_scheduler(memory=RunnerMemory.from_config(config, store.root))
+    first = make_scheduler(memory=MemoryPlanner.from_config(config, store.root))
     with first.acquire(models["a"], "completion") as lease:
-        entry = first.ps()[0]["memory"]
+        entry = ps(first)[0]["memory"]
         rss = entry["measured"]["rss"]
         assert rss > 1 * MiB and entry["admitted_with"]["source"] == "estimate"
         pid = lease.runner.pid
@@ -338,12 +344,12 @@ def test_learned_footprint_is_persisted_and_used_after_a_restart(
     saved = json.loads((store.root / "footprints.json").read_text())
     (footprint,) = saved["footprints"]
     assert footprint["model_id"] == models["a"].id and footprint["ready_rss"] >= rss
-    second = make_scheduler(memory=RunnerMemory.from_config(config, store.root))
+    second = make_scheduler(memory=MemoryPlanner.from_config(config, store.root))
     with second.acquire(models["a"], "completion"):
-        admitted = second.ps()[0]["memory"]["admitted_with"]
+        admitted = ps(second)[0]["memory"]["admitted_with"]
     assert admitted["source"] == "measured"
     assert admitted["ram"] >= footprint["ready_rss"] + 512 * MiB
-    body = second.memory_for(models["a"])
+    body = memory_for(second, models["a"])
     assert body["learned"]["max_rss"] >= footprint["max_rss"] and body["never_fits"] == ""
     assert FootprintStore(store.root / "footprints.json").get(models["a"].id, "nope") is None
 
@@ -353,15 +359,15 @@ def test_default_model_is_loaded_again_when_nothing_is(
     models: dict[str, StubRecord],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(eviction, "DEFAULT_MODEL_IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(chores, "DEFAULT_MODEL_IDLE_SECONDS", 0.2)
     scheduler = make_scheduler(default_model=models["a"].id)
 
     def ready() -> bool:
-        return [(e["model_name"], e.get("loading", False)) for e in scheduler.ps()] == [("a", False)]
+        return [(e["model_name"], e.get("loading", False)) for e in ps(scheduler)] == [("a", False)]
 
     assert wait_until(ready, timeout=5.0)
-    assert scheduler.ps()[0]["keep_alive"] == "-1"  # kept until evicted or unloaded
-    assert scheduler.unload(all=True) == 1
+    assert ps(scheduler)[0]["keep_alive"] == "-1"  # kept until evicted or unloaded
+    assert scheduler.management.unload(all=True) == 1
     assert wait_until(ready, timeout=5.0)
     pid_b = use(scheduler, models["b"])
     assert loaded(scheduler) == ["a", "b"] and not is_gone(pid_b)

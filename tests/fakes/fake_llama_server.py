@@ -15,6 +15,8 @@ its environment to runners, so tests set these with ``monkeypatch.setenv``):
   it on the first completion, as the same build does with ``--no-warmup``).
 - ``FAKE_LLAMA_LOAD_SECONDS``: answer 503 ``Loading model`` for this long (default 0.1).
 - ``FAKE_LLAMA_IGNORE_SIGTERM=1``: ignore SIGTERM (only SIGKILL stops it).
+- ``FAKE_LLAMA_SHUTDOWN_SECONDS`` (default 0): how long the clean-up after SIGTERM takes. As in
+  llama-server, a second SIGTERM meanwhile ends it at once with status 1.
 - ``FAKE_LLAMA_TOKENS`` (default 8) and ``FAKE_LLAMA_TOKEN_DELAY`` seconds (default 0.005):
   length and pace of ``/v1/chat/completions`` answers, streamed as SSE when ``"stream": true``.
 - ``FAKE_LLAMA_START_LOG``: append ``<pid>\\n`` to this file at start (to count processes).
@@ -54,6 +56,7 @@ class Options:
         self.behaviour = _env("FAKE_LLAMA_BEHAVIOUR", "serve")
         self.load_seconds = float(_env("FAKE_LLAMA_LOAD_SECONDS", "0.1"))
         self.ignore_sigterm = _env("FAKE_LLAMA_IGNORE_SIGTERM", "") not in ("", "0")
+        self.shutdown_seconds = float(_env("FAKE_LLAMA_SHUTDOWN_SECONDS", "0"))
         self.tokens = int(_env("FAKE_LLAMA_TOKENS", "8"))
         self.token_delay = float(_env("FAKE_LLAMA_TOKEN_DELAY", "0.005"))
         self.start_log = _env("FAKE_LLAMA_START_LOG", "")
@@ -255,8 +258,17 @@ def die_by(name: str) -> None:
     os._exit(99)
 
 
+_TERMINATING = False
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _TERMINATING
+    if _TERMINATING:
+        say("Received second interrupt, terminating immediately.")
+        os._exit(1)
+    _TERMINATING = True
     say("srv    operator(): operator(): cleaning up before exit...")
+    time.sleep(OPTIONS.shutdown_seconds)  # a second SIGTERM interrupts this (see above)
     raise SystemExit(0)
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Config
 from orchestrator.errors import (
     DigestMismatchError,
     RegistryDeniedError,
@@ -17,6 +16,7 @@ from orchestrator.errors import (
 )
 from orchestrator.registry.huggingface import HuggingFaceClient, staging_dir
 from orchestrator.registry.pull import pull_model
+from orchestrator.settings import Config
 from orchestrator.store import mediatypes
 from orchestrator.store.reference import parse_reference
 from orchestrator.store.store import Store

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from orchestrator.gguf import read_gguf
 from orchestrator.memory.estimate import estimate
 from orchestrator.memory.footprint import Footprint, measure_footprint
 from orchestrator.memory.nvml import NvmlProbe
+from orchestrator.unixhttp import UnixHTTPConnection
 from tests.support.processes import stop_process, wait_until
 
 pytestmark = pytest.mark.llama_server
@@ -24,20 +24,8 @@ pytestmark = pytest.mark.llama_server
 MiB = 1024 * 1024
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 def _request(path: str, method: str, url: str, body: object = None, timeout: float = 5.0) -> int:
-    connection = _UnixConnection(path, timeout)
+    connection = UnixHTTPConnection(path, timeout)
     try:
         payload = json.dumps(body) if body is not None else None
         connection.request(method, url, body=payload, headers={"Content-Type": "application/json"})

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from orchestrator.config import Config
 from orchestrator.errors import (
     DigestMismatchError,
     RegistryDeniedError,
@@ -26,6 +25,7 @@ from orchestrator.errors import (
 from orchestrator.registry.auth import Authenticator, Credentials
 from orchestrator.registry.client import RegistryClient
 from orchestrator.registry.pull import pull_model
+from orchestrator.settings import Config
 from orchestrator.store import mediatypes
 from orchestrator.store.builder import Artifact, build_gguf_artifact, store_artifact
 from orchestrator.store.records import ModelRecord
@@ -38,7 +38,7 @@ from tests.support.token_server import SERVICE
 
 pytestmark = pytest.mark.registry
 
-CREATED = datetime.datetime(2025, 3, 24, 12, 0, tzinfo=datetime.timezone.utc)
+CREATED = datetime.datetime(2025, 3, 24, 12, 0, tzinfo=datetime.UTC)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.config import Config
-from orchestrator.runners.health import UnixHTTPConnection, probe_health
-from orchestrator.runners.llamacpp import ALLOWED_FLAGS
+from orchestrator.runners.engineflags import ALLOWED_FLAGS
+from orchestrator.runners.readiness import probe_health
 from orchestrator.runners.scheduler import Scheduler
+from orchestrator.settings import Config
+from orchestrator.unixhttp import UnixHTTPConnection
 from tests.fakes.store_stub import StubRecord, StubStore
 
 pytestmark = pytest.mark.llama_server
@@ -189,5 +190,5 @@ def test_every_allowed_flag_is_known_to_this_engine(llama_server_bin: Path) -> N
     flags = sorted(ALLOWED_FLAGS)
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         accepted = list(pool.map(lambda flag: _engine_accepts(llama_server_bin, flag), flags))
-    assert [flag for flag, ok in zip(flags, accepted) if not ok] == []
+    assert [flag for flag, ok in zip(flags, accepted, strict=True) if not ok] == []
     assert not _engine_accepts(llama_server_bin, "--zz-not-a-flag")

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from orchestrator import __version__
-from orchestrator.config import SETTINGS, Config, load
 from orchestrator.server import graceful_timeout_seconds
+from orchestrator.settings import SETTINGS, Config, load
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "systemd"
@@ -175,7 +175,7 @@ def test_environment_file_names_only_known_variables() -> None:
     known = {setting.env for setting in SETTINGS} | {"HF_TOKEN", "HTTPS_PROXY", "NO_PROXY"}
     assert {"DMR_RUNNER_PORT", "DMR_ORIGINS", "LLAMA_SERVER_PATH"} <= names
     assert names <= known, names - known
-    # Shipped commented out: the defaults live in one place (config.py).
+    # Shipped commented out: the defaults live in one place (settings.py).
     assert not re.search(r"^[A-Z]", text, flags=re.MULTILINE)
 
 
@@ -217,12 +217,16 @@ def test_both_packages_install_every_systemd_file(packaging_file: str, installed
 DEBIAN_PACKAGE = {
     "falcon": "python3-falcon",
     "gunicorn": "python3-gunicorn",
+    "prometheus_client": "python3-prometheus-client",
     "psutil": "python3-psutil",
     "requests": "python3-requests",
     "urllib3": "python3-urllib3",
     "yaml": "python3-yaml",
 }
-PYPI_DISTRIBUTION = {module: module for module in DEBIAN_PACKAGE} | {"yaml": "pyyaml"}
+PYPI_DISTRIBUTION = {module: module for module in DEBIAN_PACKAGE} | {
+    "prometheus_client": "prometheus-client",  # Fedora normalises python3dist() names
+    "yaml": "pyyaml",
+}
 # Imported only when present, so no package depends on them: module -> PyPI distribution.
 OPTIONAL_MODULES = {
     # nvidia-ml-py: Debian 12 has no package for it (`apt-cache policy python3-pynvml`: no

@@ -21,8 +21,8 @@ import falcon
 import falcon.testing
 
 from orchestrator.app import create_app
-from orchestrator.config import Config
 from orchestrator.runners.scheduler import Scheduler
+from orchestrator.settings import Config
 from orchestrator.store.builder import build_gguf_artifact, store_artifact
 from orchestrator.store.records import ModelRecord
 from orchestrator.store.store import Store

@@ -142,7 +142,7 @@ def _serve_command() -> list[str]:
         sys.executable,
         "-c",
         (
-            "from orchestrator.config import load; from orchestrator.server import run; "
+            "from orchestrator.settings import load; from orchestrator.server import run; "
             "raise SystemExit(run(load()))"
         ),
     ]

@@ -35,7 +35,7 @@ def make_signing_cert(directory: Path) -> tuple[Path, bytes, bytes]:
     """Write ``cert.pem`` into ``directory``; return (cert path, key PEM, cert DER)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -173,7 +173,7 @@ class TokenServer:
                         "token": token,
                         "access_token": token,
                         "expires_in": server.lifetime_seconds,
-                        "issued_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                        "issued_at": datetime.datetime.now(datetime.UTC).isoformat(),
                     },
                 )
 

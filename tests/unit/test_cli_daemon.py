@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.config import SETTINGS
+from orchestrator.settings import SETTINGS
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["package", "--help"]])

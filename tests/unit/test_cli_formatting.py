@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from orchestrator import errors
 from orchestrator.modelcli import formatting
 from orchestrator.modelcli.client import base_url_from_env, error_from_body, parse_progress_line
-from orchestrator.modelcli.progress import ProgressDisplay, format_eta, progress_bar
+from orchestrator.modelcli.progress_display import ProgressDisplay, format_eta, progress_bar
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "cli"
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -140,7 +140,7 @@ def test_filter_models_rejects_invalid_reference() -> None:
 
 
 def test_ps_table_matches_golden_file() -> None:
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     entries = [
         {
             "backend_name": "llama.cpp",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import errors
-from orchestrator.config import SETTINGS
+from orchestrator.settings import SETTINGS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 

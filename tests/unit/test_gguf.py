@@ -157,8 +157,8 @@ def test_format_parameters(count: int, text: str) -> None:
      (1_000_500, "1MB"), (98_362_432, "93.81MiB"), (268_802_458, "256.35MiB"),
      (4_920_734_720, "4.58GiB")],
 )  # fmt: skip
-def test_format_bytes_like_gguf_parser(size: int, text: str) -> None:
-    assert gguf.format_bytes(size) == text
+def test_format_model_size_like_gguf_parser(size: int, text: str) -> None:
+    assert gguf.format_model_size(size) == text
 
 
 def test_model_config_single_file(llama: Path) -> None:
@@ -180,7 +180,7 @@ def test_model_config_single_file(llama: Path) -> None:
     assert config["context_size"] == gguf_files.CONTEXT_LENGTH
     assert config["gguf"]["llama.context_length"] == str(gguf_files.CONTEXT_LENGTH)
     # gguf-parser's "size" is the tensor data section, not the whole file.
-    assert config["size"] == gguf.format_bytes(info.file_size - info.data_offset)
+    assert config["size"] == gguf.format_model_size(info.file_size - info.data_offset)
 
 
 def test_file_type_is_guessed_when_absent(model_dir: Path) -> None:

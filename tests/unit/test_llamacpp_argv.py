@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import InvalidRequestError
-from orchestrator.runners.configs import RunnerSettings
-from orchestrator.runners.llamacpp import (
+from orchestrator.runners.engineflags import (
     ALLOWED_FLAGS,
-    build_argv,
-    context_size_for,
-    pooling_for,
+    MANAGED_FLAGS,
+    MEMORY_FLAGS,
+    engine_options,
     validate_runtime_flags,
 )
+from orchestrator.runners.llamacpp import build_argv, context_size_for, pooling_for
+from orchestrator.runners.persisted import RunnerSettings
 from tests.fakes.store_stub import StubBundle
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "argv"
@@ -209,3 +210,22 @@ def test_rejected_runtime_flags(flags: list[object], why: str) -> None:
 
 def test_allow_list_has_no_daemon_managed_flags() -> None:
     assert not ALLOWED_FLAGS & {"-m", "--model", "--host", "--port", "--api-key", "--mmproj", "--log-file"}
+
+
+def test_every_memory_flag_spelling_is_allowed_or_managed() -> None:
+    """One table: what the estimate reads back is what a user may set (or the daemon sets)."""
+    for flag in MEMORY_FLAGS:
+        for spelling in flag.spellings:
+            assert spelling in ALLOWED_FLAGS or spelling in MANAGED_FLAGS, spelling
+
+
+def test_the_estimate_reads_back_what_build_argv_wrote() -> None:
+    bundle = StubBundle(root=BUNDLE_DIR, gguf_path=BUNDLE_DIR / "model.gguf", config={})
+    settings = RunnerSettings(context_size=2048, runtime_flags=("-np", "2", "--cache-ram=64", "-no-kvu"))
+    argv = build_argv(engine_path=ENGINE, bundle=bundle, mode="completion", socket_path=SOCKET, settings=settings)
+    options = engine_options(argv)
+    assert options["context_size"] == "2048"
+    assert options["parallel"] == "2"
+    assert options["cache_ram"] == "64"  # the user's flag comes after the daemon's and wins
+    assert options["kv_unified"] is False
+    assert options["gpu_layers"] == "999"

@@ -18,18 +18,15 @@ from orchestrator.memory.learned import (
     learned_need,
 )
 from orchestrator.memory.nvml import GpuInfo
-from orchestrator.runners.admission import (
-    SOCKET_PLACEHOLDER,
-    RunnerMemory,
-    engine_options,
-    estimate_arguments,
-)
+from orchestrator.runners.engineflags import engine_options
 from orchestrator.runners.llamacpp import build_argv
+from orchestrator.runners.memoryplan import MemoryPlanner, estimate_arguments
 from tests.fakes.store_stub import StubBundle
 from tests.support.gguf_files import write_llama_model, write_sharded_model
 
 GiB = 1024**3
 MiB = 1024**2
+SOCKET = Path("/run/model-runner/runners/c1-aaaa.sock")
 
 
 def guard(*, gpus: list[GpuInfo] | None = None, available: int = 60 * GiB) -> MemoryGuard:
@@ -44,13 +41,13 @@ def bundle_for(gguf_path: Path, config: dict[str, object] | None = None) -> Stub
 
 
 def argv_for(bundle: StubBundle, *flags: str, prompt_cache_mib: int = 512) -> list[str]:
-    from orchestrator.runners.configs import RunnerSettings
+    from orchestrator.runners.persisted import RunnerSettings
 
     return build_argv(
         engine_path="/opt/llama-server",
         bundle=bundle,
         mode="completion",
-        socket_path=SOCKET_PLACEHOLDER,
+        socket_path=SOCKET,
         settings=RunnerSettings(runtime_flags=flags) if flags else None,
         prompt_cache_mib=prompt_cache_mib,
     )
@@ -100,8 +97,8 @@ def test_plan_matches_a_direct_estimate_of_the_synthetic_model(tmp_path: Path) -
     path = write_llama_model(tmp_path / "m.gguf")
     info = read_gguf(path)
     bundle = bundle_for(path)
-    memory = RunnerMemory(guard=guard())
-    plan = memory.plan("sha256:aa", bundle, argv_for(bundle, "--ctx-size", "1024"))
+    memory = MemoryPlanner(guard=guard())
+    plan = memory.plan("sha256:aa", bundle, argv_for(bundle, "--ctx-size", "1024"), SOCKET)
     expected = estimate(
         info,
         context_size=1024,
@@ -117,9 +114,9 @@ def test_plan_reads_every_shard_of_a_sharded_model(tmp_path: Path) -> None:
     shards = write_sharded_model(tmp_path, shards=3)
     (tmp_path / "whole").mkdir()
     whole = write_llama_model(tmp_path / "whole" / "m.gguf")
-    memory = RunnerMemory(guard=guard())
-    sharded = memory.plan("sha256:s", bundle_for(shards[0]), ["x", "-c", "512"]).estimate
-    single = memory.plan("sha256:w", bundle_for(whole), ["x", "-c", "512"]).estimate
+    memory = MemoryPlanner(guard=guard())
+    sharded = memory.plan("sha256:s", bundle_for(shards[0]), ["x", "-c", "512"], SOCKET).estimate
+    single = memory.plan("sha256:w", bundle_for(whole), ["x", "-c", "512"], SOCKET).estimate
     assert sharded.weights == single.weights > 0
     assert sharded.kv_cache == single.kv_cache
 
@@ -128,8 +125,8 @@ def test_plan_offloads_to_a_gpu_when_the_probe_reports_one(tmp_path: Path) -> No
     path = write_llama_model(tmp_path / "m.gguf")
     gpu = GpuInfo(0, "NVIDIA H200", 140 * GiB, 139 * GiB, 1 * GiB)
     bundle = bundle_for(path)
-    on_gpu = RunnerMemory(guard=guard(gpus=[gpu])).plan("sha256:a", bundle, argv_for(bundle))
-    on_cpu = RunnerMemory(guard=guard()).plan("sha256:a", bundle, argv_for(bundle))
+    on_gpu = MemoryPlanner(guard=guard(gpus=[gpu])).plan("sha256:a", bundle, argv_for(bundle), SOCKET)
+    on_cpu = MemoryPlanner(guard=guard()).plan("sha256:a", bundle, argv_for(bundle), SOCKET)
     assert on_gpu.estimate.vram_bytes > 0 and on_cpu.estimate.vram_bytes == 0
     assert on_gpu.estimate.vram.weights > 0
 
@@ -138,7 +135,7 @@ def test_unreadable_gguf_counts_the_file_size(tmp_path: Path) -> None:
     path = tmp_path / "broken.gguf"
     path.write_bytes(b"GGUF" + b"\0" * 1000)
     bundle = bundle_for(path)
-    plan = RunnerMemory(guard=guard()).plan("sha256:b", bundle, argv_for(bundle))
+    plan = MemoryPlanner(guard=guard()).plan("sha256:b", bundle, argv_for(bundle), SOCKET)
     assert plan.estimate.ram.weights == 1004
     assert plan.estimate.ram.prompt_cache == 512 * MiB
     assert plan.estimate.ram.overhead > 0 and plan.estimate.kv_cache == 0
@@ -147,12 +144,12 @@ def test_unreadable_gguf_counts_the_file_size(tmp_path: Path) -> None:
 def test_the_gguf_header_is_read_once_per_model(tmp_path: Path) -> None:
     path = write_llama_model(tmp_path / "m.gguf")
     bundle = bundle_for(path)
-    memory = RunnerMemory(guard=guard())
-    first = memory.plan("sha256:c", bundle, argv_for(bundle)).estimate
+    memory = MemoryPlanner(guard=guard())
+    first = memory.plan("sha256:c", bundle, argv_for(bundle), SOCKET).estimate
     path.write_bytes(b"not gguf any more")
-    assert memory.plan("sha256:c", bundle, argv_for(bundle)).estimate == first
+    assert memory.plan("sha256:c", bundle, argv_for(bundle), SOCKET).estimate == first
     memory.forget_model("sha256:c")
-    assert memory.plan("sha256:c", bundle, argv_for(bundle)).estimate.kv_cache == 0
+    assert memory.plan("sha256:c", bundle, argv_for(bundle), SOCKET).estimate.kv_cache == 0
 
 
 def test_argv_key_ignores_socket_engine_and_bundle_path() -> None:
@@ -234,27 +231,27 @@ def test_plan_uses_the_learned_footprint_of_the_same_argv(tmp_path: Path) -> Non
     path = write_llama_model(tmp_path / "m.gguf")
     bundle = bundle_for(path)
     footprints = FootprintStore(tmp_path / "footprints.json")
-    memory = RunnerMemory(guard=guard(), footprints=footprints, measurer=lambda pid: Footprint(
+    memory = MemoryPlanner(guard=guard(), footprints=footprints, measurer=lambda pid: Footprint(
         rss_bytes=300 * MiB, file_bytes=1 * MiB, pids=(pid,)
     ))
     argv = argv_for(bundle, "--ctx-size", "1024")
-    plan = memory.plan("sha256:d", bundle, argv)
+    plan = memory.plan("sha256:d", bundle, argv, SOCKET)
     assert plan.need.source == "estimate"
     footprint, learned = memory.measure("sha256:d", plan.key, 4242, ready=True)
     assert footprint is not None and learned is not None and learned.ready_rss == 300 * MiB
-    again = RunnerMemory(guard=guard(), footprints=FootprintStore(tmp_path / "footprints.json"))
-    replanned = again.plan("sha256:d", bundle, argv)
+    again = MemoryPlanner(guard=guard(), footprints=FootprintStore(tmp_path / "footprints.json"))
+    replanned = again.plan("sha256:d", bundle, argv, SOCKET)
     assert replanned.need.source == "measured"
     assert replanned.need.ram_bytes == 300 * MiB + 512 * MiB
-    other_ctx = again.plan("sha256:d", bundle, argv_for(bundle, "--ctx-size", "2048"))
+    other_ctx = again.plan("sha256:d", bundle, argv_for(bundle, "--ctx-size", "2048"), SOCKET)
     assert other_ctx.need.source == "estimate"
 
 
 def test_deficit_reads_ram_and_each_gpu_against_its_reserve() -> None:
     tight = GpuInfo(0, "gpu", 24 * GiB, 100 * MiB, 24 * GiB - 100 * MiB)
     roomy = GpuInfo(1, "gpu", 24 * GiB, 20 * GiB, 4 * GiB)
-    memory = RunnerMemory(guard=guard(gpus=[tight, roomy], available=5 * GiB))
+    memory = MemoryPlanner(guard=guard(gpus=[tight, roomy], available=5 * GiB))
     ram, vram = memory.deficit()
     assert ram == int(6.4 * GiB) - 5 * GiB  # default reserve: 10 % of 64 GiB
     assert vram == 512 * MiB - 100 * MiB
-    assert RunnerMemory(guard=guard()).deficit() == (0, 0)
+    assert MemoryPlanner(guard=guard()).deficit() == (0, 0)

@@ -1,4 +1,5 @@
-"""Eviction and queue policy, the pressure sampler, pinning, the memory settings and metrics."""
+"""The admission gate's policy, the pressure monitor, the chores thread, pinning, the memory
+settings and metrics."""
 
 from __future__ import annotations
 
@@ -8,17 +9,21 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import Config, load
 from orchestrator.errors import ConfigError, InvalidRequestError, TooManyRequestsError
 from orchestrator.memory.estimate import DeviceMemory, MemoryEstimate
 from orchestrator.memory.footprint import Footprint
-from orchestrator.runners import policy
-from orchestrator.runners.admission import RunnerPlan
-from orchestrator.runners.configs import RunnerSettings, parse_configure_request
-from orchestrator.runners.lease import RunnerEntry, copy_error
+from orchestrator.runners import gate as policy
+from orchestrator.runners.chores import Chores
+from orchestrator.runners.launch import LaunchPlan
 from orchestrator.runners.llamacpp import DEFAULT_PROMPT_CACHE_MIB
-from orchestrator.runners.pressure import PressureSampler
+from orchestrator.runners.memoryplan import MemoryPlan
+from orchestrator.runners.persisted import RunnerSettings, parse_configure_request
+from orchestrator.runners.pressure import PressureMonitor
+from orchestrator.runners.state import RunnerState
 from orchestrator.runners.stats import RunnerStats
+from orchestrator.runners.table import Runner, RunnerTable, copy_error
+from orchestrator.settings import Config, load
+from tests.support.metrics_text import exposition, sample_value
 
 MiB = 1024**2
 GiB = 1024**3
@@ -38,15 +43,43 @@ def need(ram_mib: int, vram_mib: int = 0, source: str = "estimate") -> MemoryEst
     )
 
 
-def entry(name: str, ram_mib: int = 100, **fields: Any) -> RunnerEntry:
-    """A ready runner entry holding ``ram_mib`` (its need), with ``fields`` overridden."""
-    runner = RunnerEntry(runner_id=f"id-{name}", model_id=f"sha256:{name}", model_name=name, mode="completion")
+class StubProcess:
+    """The part of RunnerProcess a runner record reads: the state is all policy needs."""
+
+    def __init__(self, state: RunnerState) -> None:
+        self.state = state
+        self.pid = 4242
+        self.exit_description = None
+
+    def terminate(self) -> None:
+        if self.state in (RunnerState.STARTING, RunnerState.LOADING, RunnerState.READY):
+            self.state = RunnerState.STOPPING
+
+
+def entry(name: str, ram_mib: int = 100, **fields: Any) -> Runner:
+    """A ready runner holding ``ram_mib`` (its need, 4 slots), with ``fields`` overridden.
+
+    ``state`` sets the process state; ``leases``, ``ready_at``/``started``, ``last_used``,
+    ``pinned`` and the measurement fields are set as given.
+    """
     estimate = need(ram_mib, fields.pop("vram_mib", 0))
-    runner.plan = RunnerPlan(argv=(), key="k", estimate=estimate, learned=None, need=estimate)
-    runner.loading = False
-    runner.slots = 4
-    runner.started = fields.pop("started", 0.0)
-    runner.last_used_mono = fields.pop("last_used", 0.0)
+    launch = LaunchPlan(
+        runner_id=f"id-{name}", model_id=f"sha256:{name}", model_name=name, mode="completion",
+        settings=None, bundle=None, argv=(), socket_path=Path("/nonexistent.sock"),
+        log_path=Path("/nonexistent.log"), context_size=4096,
+        memory=MemoryPlan(argv=(), key="k", estimate=estimate, learned=None, need=estimate),
+    )  # fmt: skip
+    process = StubProcess(fields.pop("state", RunnerState.READY))
+    runner = Runner(launch, process, keep_alive=300.0, default_model=False)  # type: ignore[arg-type]
+    runner.leases = fields.pop("leases", 0)
+    started = fields.pop("started", 0.0)
+    runner.ready_at = None if process.state in (RunnerState.STARTING, RunnerState.LOADING) else started
+    runner.last_used = fields.pop("last_used", 0.0)
+    for key in ("peak_rss", "peak_vram"):
+        if key in fields:
+            setattr(runner.usage, key, fields.pop(key))
+    if "measured" in fields:
+        runner.usage.latest = fields.pop("measured")
     for key, value in fields.items():
         setattr(runner, key, value)
     return runner
@@ -69,11 +102,12 @@ def test_resident_counts_the_larger_of_need_and_peak_and_file_pages() -> None:
     ("fields", "evictable"),
     [
         ({}, True),
-        ({"refcount": 1}, False),
-        ({"loading": True}, False),
+        ({"leases": 1}, False),
+        ({"state": RunnerState.LOADING}, False),
         ({"pinned": True}, False),
         ({"started": 95.0}, False),  # 5 s old, minimum residency 10 s
-        ({"removed": True}, False),
+        ({"state": RunnerState.STOPPING}, False),  # taken out of the table, being stopped
+        ({"state": RunnerState.FAILED}, False),
     ],
 )
 def test_is_evictable(fields: dict[str, Any], evictable: bool) -> None:
@@ -82,7 +116,7 @@ def test_is_evictable(fields: dict[str, Any], evictable: bool) -> None:
 
 def test_count_victims_are_least_recently_used_first_or_none() -> None:
     old, mid, new = entry("old", last_used=1.0), entry("mid", last_used=2.0), entry("new", last_used=3.0)
-    busy = entry("busy", last_used=0.5, refcount=2)
+    busy = entry("busy", last_used=0.5, leases=2)
     table = [new, busy, old, mid]
     assert policy.count_victims(table, 0, exclude=[], now=100.0, min_residency=0) == []
     assert policy.count_victims(table, 2, exclude=[], now=100.0, min_residency=0) == [old, mid]
@@ -95,7 +129,7 @@ def test_pressure_victims_cover_the_deficit_and_spare_busy_and_pinned() -> None:
     b = entry("b", 100, last_used=2.0)
     c = entry("c", 100, last_used=3.0)
     pinned = entry("p", 500, last_used=0.0, pinned=True)
-    busy = entry("x", 500, last_used=0.0, refcount=1)
+    busy = entry("x", 500, last_used=0.0, leases=1)
     young = entry("y", 100, last_used=0.5, started=99.9)  # pressure ignores the residency
     table = [a, b, c, pinned, busy, young]
     assert policy.pressure_victims(table, 150 * MiB, 0) == [young, a]
@@ -107,38 +141,64 @@ def test_pressure_victims_cover_the_deficit_and_spare_busy_and_pinned() -> None:
 
 def test_queue_depth_counts_waiters_loads_and_requests_beyond_slots() -> None:
     assert policy.queue_depth(None, 3) == 3
-    assert policy.queue_depth(entry("l", loading=True, refcount=2), 1) == 3
-    assert policy.queue_depth(entry("r", refcount=6), 0) == 2  # 4 slots serve, 2 queue
-    assert policy.queue_depth(entry("r", refcount=3), 0) == 0
-    assert policy.must_wait(entry("l", loading=True)) and policy.must_wait(entry("r", refcount=4))
-    assert not policy.must_wait(entry("r", refcount=3))
+    assert policy.queue_depth(entry("l", state=RunnerState.LOADING, leases=2), 1) == 3
+    assert policy.queue_depth(entry("r", leases=6), 0) == 2  # 4 slots serve, 2 queue
+    assert policy.queue_depth(entry("r", leases=3), 0) == 0
+    assert policy.must_wait(entry("l", state=RunnerState.LOADING)) and policy.must_wait(entry("r", leases=4))
+    assert not policy.must_wait(entry("r", leases=3))
     assert policy.retry_after_seconds(None) == 1 and policy.retry_after_seconds(2.2) == 3
 
 
-# --- pressure sampler -------------------------------------------------------------------------
+# --- pressure monitor and the chores thread --------------------------------------------------
 
 
-def test_sampler_evicts_only_after_consecutive_samples_under_the_reserve() -> None:
+def test_monitor_evicts_only_after_consecutive_samples_under_the_reserve() -> None:
     readings = iter([(5, 0), (5, 0), (0, 0), (5, 0), (5, 0), (7, 1), (0, 0)])
     calls: list[tuple[int, int]] = []
-    sampler = PressureSampler(deficit=lambda: next(readings), on_pressure=lambda r, v: calls.append((r, v)), samples=3)
-    results = [sampler.sample() for _ in range(7)]
+    monitor = PressureMonitor(deficit=lambda: next(readings), on_pressure=lambda r, v: calls.append((r, v)), samples=3)
+    results = [monitor.sample() for _ in range(7)]
     assert results == [False, False, False, False, False, True, False]
     assert calls == [(7, 1)]  # one good reading in between reset the count
 
 
-def test_sampler_thread_stops_within_its_join_timeout() -> None:
-    ticks: list[int] = []
-    sampler = PressureSampler(
-        deficit=lambda: (0, 0), on_pressure=lambda r, v: None, on_tick=lambda: ticks.append(1), interval=0.01
+def test_chores_expire_idle_runners_sample_pressure_and_stop_when_the_table_closes() -> None:
+    stats = RunnerStats()
+    table = RunnerTable(stats)
+    expired = entry("idle", last_used=time.monotonic() - 10.0)
+    expired.keep_alive = 1.0
+    kept = entry("forever", last_used=0.0)
+    kept.keep_alive = -1.0
+    busy = entry("busy", leases=1, last_used=0.0)
+    busy.keep_alive = 0.0
+    with table.changed:
+        for runner in (expired, kept, busy):
+            table.add(runner)
+    stopped: list[list[Runner]] = []
+    readings: list[int] = []
+
+    def deficit() -> tuple[int, int]:
+        readings.append(1)
+        return (0, 0)
+
+    chores = Chores(
+        table=table,
+        stop_runners=stopped.append,
+        pressure=PressureMonitor(deficit=deficit, on_pressure=lambda r, v: None),
+        interval=0.01,
     )
-    sampler.start()
-    deadline = time.monotonic() + 2.0
-    while not ticks and time.monotonic() < deadline:
+    chores.start()
+    deadline = time.monotonic() + 3.0
+    while (not stopped or len(readings) < 3) and time.monotonic() < deadline:
         time.sleep(0.01)
-    sampler.stop(timeout=2.0)
-    assert ticks
-    assert sampler._thread is not None and not sampler._thread.is_alive()
+    assert stopped == [[expired]] and expired.state is RunnerState.STOPPING
+    assert len(readings) >= 3
+    with table.changed:
+        assert sorted(r.model_name for r in table.runners()) == ["busy", "forever"]
+        table.close()
+        table.changed.notify_all()
+    chores.join(timeout=2.0)
+    assert chores._thread is not None and not chores._thread.is_alive()
+    assert stats.snapshot().evictions["idle"] == 1
 
 
 # --- pinning ----------------------------------------------------------------------------------
@@ -226,9 +286,9 @@ def test_prompt_cache_default_is_the_argv_default() -> None:
 def test_too_many_requests_carries_retry_after_through_a_copy() -> None:
     error = TooManyRequestsError("3 requests already wait", retry_after=7, param="model")
     assert (error.status, error.type, error.code) == (429, "rate_limit_error", "queue_full")
-    assert error.headers == {"Retry-After": "7"}
+    assert error.retry_after == 7
     copied = copy_error(error)
-    assert isinstance(copied, TooManyRequestsError) and copied.headers == {"Retry-After": "7"}
+    assert isinstance(copied, TooManyRequestsError) and copied.retry_after == 7
     assert error.to_dict()["error"]["code"] == "queue_full"
 
 
@@ -241,18 +301,22 @@ def test_stats_render_evictions_refusals_queue_and_memory_gap() -> None:
     stats.observe_wait("ai/a", 1.5)
     stats.set_memory("ai/a", "completion", 120 * MiB, 100 * MiB)
     stats.set_memory("ai/b", "completion", 50 * MiB)
-    text = stats.to_prometheus()
-    assert 'dmr_runner_evictions_total{reason="memory"} 1' in text
-    assert 'dmr_runner_evictions_total{reason="count"} 0' in text
-    assert 'dmr_admissions_refused_total{reason="too_large"} 1' in text
-    assert 'dmr_queue_depth{model="ai/a"} 2' in text
-    assert 'dmr_queue_wait_seconds_count{model="ai/a"} 1' in text
-    assert 'dmr_runner_memory_estimate_error_ratio{model="ai/a",mode="completion"} 0.2000' in text
-    assert 'dmr_runner_memory_measured_bytes{model="ai/b"' not in text
+    text = exposition(stats)
+    assert 'dmr_runner_evictions_total{reason="memory"} 1.0\n' in text
+    assert 'dmr_runner_evictions_total{reason="count"} 0.0\n' in text
+    assert 'dmr_admissions_refused_total{reason="too_large"} 1.0\n' in text
+    assert 'dmr_queue_depth{model="ai/a"} 2.0\n' in text
+    assert 'dmr_queue_wait_seconds_count{model="ai/a"} 1.0\n' in text
+    assert 'dmr_runner_memory_estimate_error_ratio{mode="completion",model="ai/a"} 0.2\n' in text
+    measured = "dmr_runner_memory_measured_bytes"
+    assert sample_value(text, measured, model="ai/a", mode="completion") == 100 * MiB
+    assert sample_value(text, measured, model="ai/b", mode="completion") is None
     stats.watch_queue(lambda: {})
-    assert 'dmr_queue_depth{model="ai/a"} 0' in stats.to_prometheus()  # seen once, now empty
+    assert 'dmr_queue_depth{model="ai/a"} 0.0\n' in exposition(stats)  # seen once, now empty
     stats.clear_memory("ai/a", "completion")
-    assert 'model="ai/a",mode="completion"' not in stats.to_prometheus()
+    text = exposition(stats)
+    assert sample_value(text, "dmr_runner_memory_estimate_bytes", model="ai/a", mode="completion") is None
+    assert sample_value(text, "dmr_runner_memory_estimate_bytes", model="ai/b", mode="completion") == 50 * MiB
     with pytest.raises(ValueError):
         stats.record_eviction("boredom")
     with pytest.raises(ValueError):

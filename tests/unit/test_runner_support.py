@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import logs
+from orchestrator import logfiles
 from orchestrator.errors import ConfigError
 from orchestrator.runners.process import describe_exit, explain_failure
 from orchestrator.runners.stats import RunnerStats
+from tests.support.metrics_text import exposition
 
 
 @pytest.mark.parametrize(
@@ -53,23 +54,23 @@ def test_explain_failure(line: str, hint: str | None) -> None:
 
 def test_timestamps_have_nine_digits_and_round_trip() -> None:
     ns = 1_764_374_400_123_456_789
-    text = logs.format_timestamp(ns)
+    text = logfiles.format_timestamp(ns)
     assert text == "2025-11-29T00:00:00.123456789Z"
-    assert logs.parse_timestamp(f"[{text}] hello") == ns
-    assert logs.parse_timestamp("no prefix") is None
-    assert logs.format_rfc3339(1_764_374_400.9) == "2025-11-29T00:00:00Z"
+    assert logfiles.parse_timestamp(f"[{text}] hello") == ns
+    assert logfiles.parse_timestamp("no prefix") is None
+    assert logfiles.format_rfc3339(1_764_374_400.9) == "2025-11-29T00:00:00Z"
 
 
 def test_tail_reads_last_lines_and_honours_start(tmp_path: Path) -> None:
     path = tmp_path / "engine.log"
     path.write_text("".join(f"line {index}\n" for index in range(5000)), encoding="utf-8")
-    assert logs.tail(path, 3) == ["line 4997", "line 4998", "line 4999"]
+    assert logfiles.tail(path, 3) == ["line 4997", "line 4998", "line 4999"]
     start = path.stat().st_size
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("run two\n")
-    assert logs.tail(path, 40, start=start) == ["run two"]
-    assert logs.tail(tmp_path / "missing.log") == []
-    assert logs.tail(path, 0) == []
+    assert logfiles.tail(path, 40, start=start) == ["run two"]
+    assert logfiles.tail(tmp_path / "missing.log") == []
+    assert logfiles.tail(path, 0) == []
 
 
 @pytest.fixture
@@ -86,15 +87,15 @@ def restore_logging() -> Iterator[None]:
 
 def test_setup_logging_writes_prefixed_lines_once(tmp_path: Path, restore_logging: None) -> None:
     stream = io.StringIO()
-    logs.setup_logging(tmp_path, "info", stream=stream)
-    path = logs.setup_logging(tmp_path, "info", stream=stream)  # idempotent: no duplicate handlers
+    logfiles.setup_logging(tmp_path, "info", stream=stream)
+    path = logfiles.setup_logging(tmp_path, "info", stream=stream)  # idempotent: no duplicate handlers
     logging.getLogger("orchestrator.test").info("runner ready model=%s", "smollm2")
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 and stream.getvalue().count("runner ready") == 1
-    assert logs.parse_timestamp(lines[0]) is not None
+    assert logfiles.parse_timestamp(lines[0]) is not None
     assert lines[0].endswith("level=info logger=orchestrator.test runner ready model=smollm2")
     with pytest.raises(ConfigError):
-        logs.setup_logging(tmp_path, "chatty", stream=stream)
+        logfiles.setup_logging(tmp_path, "chatty", stream=stream)
 
 
 def test_read_entries_give_unprefixed_lines_the_previous_timestamp(tmp_path: Path) -> None:
@@ -106,8 +107,8 @@ def test_read_entries_give_unprefixed_lines_the_previous_timestamp(tmp_path: Pat
     )
     daemon = tmp_path / "inference.log"
     daemon.write_text("[2025-11-29T00:00:02.000000000Z] level=info request\n", encoding="utf-8")
-    assert logs.log_files(tmp_path) == [daemon, engine]
-    merged = [line for _, line in heapq.merge(*(logs.read_entries(p) for p in logs.log_files(tmp_path)))]
+    assert logfiles.log_files(tmp_path) == [daemon, engine]
+    merged = [line for _, line in heapq.merge(*(logfiles.read_entries(p) for p in logfiles.log_files(tmp_path)))]
     assert merged == [
         "leading",
         "[2025-11-29T00:00:01.000000000Z] runner starting",
@@ -115,7 +116,7 @@ def test_read_entries_give_unprefixed_lines_the_previous_timestamp(tmp_path: Pat
         "[2025-11-29T00:00:02.000000000Z] level=info request",
         "[2025-11-29T00:00:03.000000000Z] runner exited",
     ]
-    assert logs.engine_log_path(tmp_path, "0123456789ab", "completion") == engine
+    assert logfiles.engine_log_path(tmp_path, "0123456789ab", "completion") == engine
 
 
 def test_stats_counts_and_renders_prometheus() -> None:
@@ -132,10 +133,10 @@ def test_stats_counts_and_renders_prometheus() -> None:
     assert dict(snap.load_buckets)[1.0] == 1 and dict(snap.load_buckets)[5.0] == 2
     assert snap.load_buckets[-1] == (float("inf"), 2)
     assert snap.stops["idle"] == 1 and snap.stops["unload"] == 0
-    text = stats.to_prometheus()
-    assert "dmr_runner_starts_total 2" in text
-    assert 'dmr_runner_load_seconds_bucket{le="+Inf"} 2' in text
-    assert 'dmr_runner_start_failures_total{reason="timeout"} 1' in text
-    assert 'dmr_runner_stops_total{reason="crash"} 1' in text
+    text = exposition(stats)
+    assert "dmr_runner_starts_total 2.0\n" in text
+    assert 'dmr_runner_load_seconds_bucket{le="+Inf"} 2.0\n' in text
+    assert 'dmr_runner_start_failures_total{reason="timeout"} 1.0\n' in text
+    assert 'dmr_runner_stops_total{reason="crash"} 1.0\n' in text
     with pytest.raises(ValueError):
         stats.record_stop("bored")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator import server
-from orchestrator.config import Config
+from orchestrator.settings import Config
 
 
 def test_bind_addresses_from_hosts_and_socket() -> None:

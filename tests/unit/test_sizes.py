@@ -107,6 +107,13 @@ def test_format_bytes(size: int, text: str) -> None:
     assert format_bytes(size) == text
 
 
+def test_format_bytes_with_other_decimals_separator_and_units() -> None:
+    units = ((1e6, "MB"), (1e3, "kB"))
+    assert format_bytes(1_500_000, decimals=2, separator="", units=units) == "1.50MB"
+    assert format_bytes(2_000, decimals=2, separator="", units=units) == "2kB"
+    assert format_bytes(999, decimals=2, separator="", units=units) == "999B"
+
+
 def test_format_and_parse_round_trip_for_whole_units() -> None:
     for size in (512 * MiB, 4 * GiB, 7 * 1024**4):
         assert parse_size(format_bytes(size).replace(" ", "")) == size

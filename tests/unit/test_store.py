@@ -134,7 +134,6 @@ def test_add_model_requires_every_blob(store: Store, missing: str) -> None:
     [
         b"not json",
         b"[1, 2]",
-        b'{"schemaVersion": 1, "config": {}, "layers": []}',
         b'{"schemaVersion": 2, "layers": []}',
         (
             b'{"schemaVersion": 2, "config": {"mediaType": "x", "size": 1, "digest": "sha256:00"},'
@@ -155,6 +154,24 @@ def test_add_model_requires_every_blob(store: Store, missing: str) -> None:
 )
 def test_add_model_rejects_malformed_manifests(store: Store, manifest: bytes) -> None:
     with pytest.raises(InvalidRequestError, match="invalid model manifest"):
+        store.add_model(manifest)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "reason"),
+    [
+        (b'{"schemaVersion": 1, "config": {}, "layers": []}', "schema version 1"),
+        (
+            b'{"schemaVersion": 2, "mediaType": "' + mediatypes.OCI_INDEX.encode() + b'",'
+            b' "manifests": []}',
+            "image index",
+        ),
+    ],
+)
+def test_add_model_refuses_manifests_that_are_not_model_artifacts(
+    store: Store, manifest: bytes, reason: str
+) -> None:
+    with pytest.raises(UnsupportedModelError, match=reason):
         store.add_model(manifest)
 
 

@@ -14,11 +14,11 @@ import time
 from dataclasses import asdict, dataclass
 
 from orchestrator import errors
-from orchestrator.config import parse_duration
 from orchestrator.modelcli.client import DaemonClient
 from orchestrator.modelcli.commands.run import CHAT_PATH, ensure_local, preload
 from orchestrator.modelcli.context import CliContext
 from orchestrator.modelcli.formatting import render_table
+from orchestrator.settings import parse_duration
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8)
 DEFAULT_PROMPT = "Write a short story about a robot who learns to paint."

@@ -12,7 +12,7 @@ from orchestrator import errors
 from orchestrator.modelcli import formatting
 from orchestrator.modelcli.client import model_path, parse_progress_line
 from orchestrator.modelcli.context import CliContext
-from orchestrator.modelcli.progress import ProgressDisplay
+from orchestrator.modelcli.progress_display import ProgressDisplay
 from orchestrator.store.reference import parse_reference
 
 PULL_ATTEMPTS = 4

@@ -21,7 +21,7 @@ from orchestrator import errors
 from orchestrator.modelcli.client import model_path
 from orchestrator.modelcli.commands.models import follow_progress
 from orchestrator.modelcli.context import CliContext
-from orchestrator.modelcli.progress import ProgressDisplay
+from orchestrator.modelcli.progress_display import ProgressDisplay
 from orchestrator.store.reference import parse_reference
 
 if TYPE_CHECKING:

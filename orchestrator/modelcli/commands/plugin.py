@@ -9,17 +9,17 @@ A Docker CLI plugin is an executable named ``docker-model`` in ``$DOCKER_CONFIG/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 from orchestrator import __version__, errors
+from orchestrator.atomicfile import write_atomic
 from orchestrator.modelcli.context import CliContext
+from orchestrator.unixhttp import connect_unix_socket
 
 PLUGIN_NAME = "docker-model"
 METADATA_ARGUMENT = "docker-cli-plugin-metadata"
@@ -61,15 +61,10 @@ def install_plugin(directory: Path, python: str = sys.executable) -> Path:
         ConfigError: The directory cannot be created or written.
     """
     target = directory / PLUGIN_NAME
-    temporary = directory / f".{PLUGIN_NAME}.{os.getpid()}.tmp"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(launcher_script(python), encoding="utf-8")
-        temporary.chmod(0o755)
-        os.replace(temporary, target)
+        write_atomic(target, launcher_script(python).encode("utf-8"), mode=0o755)
     except OSError as ex:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
         raise errors.ConfigError(
             f"cannot write the plugin into {str(directory)!r}: {ex.strerror}; choose another "
             f"directory with --dir or fix its permissions"
@@ -112,14 +107,11 @@ def watch_plugin_socket(environ: Mapping[str, str]) -> None:
     if not address or not sys.platform.startswith("linux"):
         return
     name = "\0" + address[1:] if address.startswith("@") else address
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(2.0)
-        sock.connect(name)
-        sock.settimeout(None)
+        sock = connect_unix_socket(name, 2.0)
     except OSError:
-        sock.close()
         return  # an older client without the socket: nothing to watch
+    sock.settimeout(None)
 
     def wait_for_close() -> None:
         try:

@@ -7,14 +7,14 @@ import argparse
 import json
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator import __version__, errors
-from orchestrator.config import parse_duration
 from orchestrator.modelcli import formatting
 from orchestrator.modelcli.client import START_HINT
 from orchestrator.modelcli.context import CliContext
+from orchestrator.settings import parse_duration
 
 LOGS_FOLLOW_READ_TIMEOUT_SECONDS = 24 * 3600.0
 ENGINE_KIND = "Docker Engine"
@@ -170,7 +170,7 @@ def cmd_ps(args: argparse.Namespace, ctx: CliContext) -> int:
     """``ps``: the runners the daemon has loaded."""
     entries = ctx.client.get_json("/engines/ps") or []
     ctx.stdout.write(
-        formatting.ps_table(entries, datetime.fromtimestamp(ctx.clock(), tz=timezone.utc))
+        formatting.ps_table(entries, datetime.fromtimestamp(ctx.clock(), tz=UTC))
     )
     return 0
 

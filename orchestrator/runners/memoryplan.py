@@ -1,14 +1,14 @@
-"""Memory for the scheduler: what a runner will need, what it holds, and measuring it.
+"""Memory planning for the scheduler: what a runner will need, what it holds, measuring it.
 
-The scheduler asks :class:`RunnerMemory` three things:
+The scheduler asks :class:`MemoryPlanner` three things:
 
-* :meth:`RunnerMemory.plan` — before a runner starts: its estimate (from the GGUF header, read
+* :meth:`MemoryPlanner.plan` — before a runner starts: its estimate (from the GGUF header, read
   once per model, and the argv the runner will get: context, slots, cache types, offload,
   ``--cache-ram``), the learned footprint of an earlier run with the same argv, and the need
   admission counts (the learned footprint when there is one, else the estimate).
-* :meth:`RunnerMemory.measure` — after the runner is ready and after it has served: its RSS
+* :meth:`MemoryPlanner.measure` — after the runner is ready and after it has served: its RSS
   (process tree) and VRAM, folded into the learned footprint in ``<store>/footprints.json``.
-* :meth:`RunnerMemory.deficit` — for the pressure sampler: how far free RAM and VRAM are
+* :meth:`MemoryPlanner.deficit` — for the pressure sampler: how far free RAM and VRAM are
   below their reserves.
 
 The decisions themselves are :class:`orchestrator.memory.guard.MemoryGuard`'s.
@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import Config
 from orchestrator.errors import OrchestratorError
 from orchestrator.memory.estimate import (
     AUTO_PARALLEL_SLOTS,
@@ -45,56 +44,11 @@ from orchestrator.memory.learned import (
 )
 from orchestrator.memory.nvml import NvmlProbe
 from orchestrator.memory.sizes import MiB
+from orchestrator.runners.engineflags import engine_options
 from orchestrator.runners.llamacpp import BundleLike
+from orchestrator.settings import Config
 
 log = logging.getLogger(__name__)
-
-SOCKET_PLACEHOLDER = "<socket>"
-"""Socket path in the argv a plan is made from (the real one is known only at spawn)."""
-
-_FLAG_NAMES: dict[str, str] = {
-    "-c": "context_size", "--ctx-size": "context_size",
-    "-np": "parallel", "--parallel": "parallel",
-    "-ctk": "cache_type_k", "--cache-type-k": "cache_type_k",
-    "-ctv": "cache_type_v", "--cache-type-v": "cache_type_v",
-    "-ngl": "gpu_layers", "--gpu-layers": "gpu_layers", "--n-gpu-layers": "gpu_layers",
-    "-fa": "flash_attn", "--flash-attn": "flash_attn",
-    "-ub": "ubatch_size", "--ubatch-size": "ubatch_size",
-    "-b": "batch_size", "--batch-size": "batch_size",
-    "-cram": "cache_ram", "--cache-ram": "cache_ram",
-    "--mmproj": "mmproj", "-mm": "mmproj",
-}  # fmt: skip
-_SWITCHES: dict[str, tuple[str, object]] = {
-    "-kvu": ("kv_unified", True), "--kv-unified": ("kv_unified", True),
-    "-no-kvu": ("kv_unified", False), "--no-kv-unified": ("kv_unified", False),
-    "--swa-full": ("swa_full", True),
-    "--no-mmproj": ("no_mmproj", True),
-}  # fmt: skip
-
-
-def engine_options(argv: Sequence[str]) -> dict[str, str | bool]:
-    """Return the memory-relevant llama-server options in ``argv`` (the last one wins).
-
-    Values stay text (``gpu_layers`` may be ``auto`` or ``all``); switches are booleans. Both
-    ``--flag value`` and ``--flag=value`` are read, as llama-server reads them.
-    """
-    found: dict[str, str | bool] = {}
-    words = list(argv)
-    index = 1
-    while index < len(words):
-        key, has_value, inline = words[index].partition("=")
-        if key in _SWITCHES:
-            name, value = _SWITCHES[key]
-            found[name] = bool(value)
-        elif key in _FLAG_NAMES:
-            if has_value:
-                found[_FLAG_NAMES[key]] = inline
-            elif index + 1 < len(words):
-                found[_FLAG_NAMES[key]] = words[index + 1]
-                index += 1
-        index += 1
-    return found
-
 
 def _as_int(value: str | bool | None, default: int) -> int:
     if value is None or isinstance(value, bool):
@@ -148,12 +102,13 @@ class _Header:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunnerPlan:
+class MemoryPlan:
     """What starting one runner will take, decided before it starts.
 
     Attributes:
-        argv: The command line with :data:`SOCKET_PLACEHOLDER` as its socket.
-        key: :func:`~orchestrator.memory.learned.argv_key` of that command line.
+        argv: The runner's command line.
+        key: :func:`~orchestrator.memory.learned.argv_key` of that command line, with the
+            socket and the bundle directory replaced, so runs of one model share it.
         estimate: The estimate from the GGUF header and the argv.
         learned: The footprint learned from an earlier run with the same argv, if any.
         need: What admission counts (``learned`` applied to ``estimate``).
@@ -170,7 +125,7 @@ Estimator = Callable[[str, BundleLike, Sequence[str]], MemoryEstimate]
 Measurer = Callable[[int], "Footprint | None"]
 
 
-class RunnerMemory:
+class MemoryPlanner:
     """The scheduler's view of memory: guard, estimates, learned footprints, measurements.
 
     Args:
@@ -200,7 +155,7 @@ class RunnerMemory:
         self._has_gpu: bool | None = None
 
     @classmethod
-    def from_config(cls, config: Config, store_root: Path) -> RunnerMemory:
+    def from_config(cls, config: Config, store_root: Path) -> MemoryPlanner:
         """Build the daemon's memory policy: psutil RAM, NVML when present, learned footprints."""
         nvml = NvmlProbe()
         guard = MemoryGuard(
@@ -291,18 +246,22 @@ class RunnerMemory:
         with self._lock:
             self._headers.pop(model_id, None)
 
-    def plan(self, model_id: str, bundle: BundleLike, argv: Sequence[str]) -> RunnerPlan:
-        """Return the plan for a runner of ``model_id`` started with ``argv``.
-
-        ``argv`` carries :data:`SOCKET_PLACEHOLDER` as its socket path.
+    def plan(
+        self, model_id: str, bundle: BundleLike, argv: Sequence[str], socket_path: Path
+    ) -> MemoryPlan:
+        """Return the plan for a runner of ``model_id`` started with ``argv`` on ``socket_path``.
 
         Raises:
             InvalidRequestError: The argv names a KV cache type the engine does not know.
         """
-        key = argv_key(argv, replace={str(bundle_root(bundle)): "<bundle>"})
+        # The key predates per-runner socket paths in plans: "<socket>" keeps learned
+        # footprints of earlier versions valid.
+        key = argv_key(
+            argv, replace={str(socket_path): "<socket>", str(bundle_root(bundle)): "<bundle>"}
+        )
         predicted = self._estimator(model_id, bundle, argv)
         learned = self.footprints.get(model_id, key) if self.footprints is not None else None
-        return RunnerPlan(
+        return MemoryPlan(
             argv=tuple(argv),
             key=key,
             estimate=predicted,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import SETTINGS, Config, format_duration, load, parse_duration
 from orchestrator.errors import ConfigError
+from orchestrator.settings import SETTINGS, Config, format_duration, load, parse_duration
 
 
 @pytest.mark.parametrize(

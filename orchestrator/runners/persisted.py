@@ -16,16 +16,16 @@ import json
 import logging
 import os
 import shlex
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import format_duration, parse_duration
+from orchestrator.atomicfile import write_atomic
 from orchestrator.errors import InvalidRequestError, NotSupportedError, StoreError
-from orchestrator.runners.llamacpp import MODES, validate_runtime_flags
+from orchestrator.runners.engineflags import MODES, validate_runtime_flags
+from orchestrator.settings import format_duration, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ class RunnerSettings:
         """
         if other is None:
             return False
-        policy = {"keep_alive": None, "pinned": False}
-        return dataclasses.replace(self, **policy) == dataclasses.replace(other, **policy)
+        mine = dataclasses.replace(self, keep_alive=None, pinned=False)
+        return mine == dataclasses.replace(other, keep_alive=None, pinned=False)
 
     def to_api(self) -> dict[str, Any]:
         """Return the ``Config`` object of a ``GET /engines/_configure`` entry."""
@@ -223,7 +223,8 @@ def parse_configure_request(body: object) -> ConfigureRequest:
     flags = _parse_flags(body)
     mode = body.get("mode")
     if mode is None or mode == "":
-        mode = "embedding" if any(f in ("--embeddings", "--embedding") for f in flags) else "completion"
+        embeds = any(f in ("--embeddings", "--embedding") for f in flags)
+        mode = "embedding" if embeds else "completion"
     if mode not in MODES:
         raise InvalidRequestError(
             f"unknown mode {mode!r}; use one of {', '.join(repr(m) for m in MODES)}", param="mode"
@@ -319,25 +320,9 @@ class RunnerConfigStore:
             ],
         }
         data = (json.dumps(body, indent=2) + "\n").encode("utf-8")
-        directory = self.path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, temp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as temp:
-                    temp.write(data)
-                    temp.flush()
-                    os.fsync(temp.fileno())
-                os.chmod(temp_name, 0o644)
-                os.replace(temp_name, self.path)
-            except BaseException:
-                Path(temp_name).unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, data, mode=0o644)
         except OSError as ex:
             raise StoreError(
                 f"cannot write runner settings {str(self.path)!r}: {ex.strerror}; check free "

@@ -13,7 +13,7 @@ from orchestrator.errors import (
     NotSupportedError,
     OrchestratorError,
 )
-from orchestrator.runners.configs import (
+from orchestrator.runners.persisted import (
     RunnerConfigStore,
     RunnerSettings,
     parse_configure_request,

@@ -1,0 +1,48 @@
+"""What the API resources share: :class:`ApiContext`.
+
+Its own module so that every resource can name it without importing the package's route
+table (which imports the resources).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.api.request_stats import RequestStats
+    from orchestrator.engine import EngineChoice
+    from orchestrator.registry.client import RegistryClient
+    from orchestrator.runners.scheduler import Scheduler
+    from orchestrator.settings import Config
+    from orchestrator.store.store import Store
+
+RegistryFactory = Callable[[str | None], "RegistryClient"]
+
+
+@dataclasses.dataclass
+class ApiContext:
+    """What the resources share: configuration, store, scheduler, seams and counters.
+
+    Attributes:
+        config: Effective configuration.
+        store: The local model store.
+        scheduler: Owner of the runners.
+        registry_factory: Makes a registry client for a bearer token (``None`` = from the
+            Docker credentials).
+        request_stats: Request-side metrics.
+        engine_path: The llama-server binary (``None`` when it was not found).
+        engine_error: Why it was not found.
+        engine: Which engine it is (flavor, variant, devices), for ``/engines/status``.
+    """
+
+    config: Config
+    store: Store
+    scheduler: Scheduler
+    registry_factory: RegistryFactory
+    request_stats: RequestStats
+    engine_path: Path | None = None
+    engine_error: str = ""
+    engine: EngineChoice | None = None

@@ -1,0 +1,140 @@
+"""Launch plans: everything a runner start needs, worked out before admission.
+
+Reading the settings file and the model's GGUF header is I/O, so it happens outside the table
+lock: :meth:`LaunchPlanner.plan` gives the runner its ID, socket and log paths, the argv, the
+context size, and the memory plan admission decides on. Admission then only compares numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+from orchestrator import logfiles
+from orchestrator.runners.crashes import CrashMemory
+from orchestrator.runners.info import RecordLike, StoreLike, short_id
+from orchestrator.runners.llamacpp import BundleLike, build_argv, context_size_for
+from orchestrator.runners.memoryplan import MemoryPlan, MemoryPlanner
+from orchestrator.runners.persisted import RunnerConfigStore, RunnerSettings
+from orchestrator.settings import Config
+from orchestrator.store.reference import model_label
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """One runner start, decided before it is admitted.
+
+    Attributes:
+        runner_id: Short unique name (``c3-1a2b3c4d``: mode, sequence, model).
+        model_id: ``sha256:<hex>`` of the model.
+        model_name: Its display label (:func:`~orchestrator.store.reference.model_label`).
+        mode: ``completion``, ``embedding`` or ``reranking``.
+        settings: The ``_configure`` settings of the model and mode, if any.
+        bundle: The model's runtime bundle.
+        argv: The llama-server command line.
+        socket_path: The Unix socket it will serve on.
+        log_path: Its engine log.
+        context_size: ``--ctx-size`` (``0``: the model's own).
+        memory: What it will need (estimate, learned footprint, admission figure).
+    """
+
+    runner_id: str
+    model_id: str
+    model_name: str
+    mode: str
+    settings: RunnerSettings | None
+    bundle: BundleLike
+    argv: tuple[str, ...]
+    socket_path: Path
+    log_path: Path
+    context_size: int
+    memory: MemoryPlan
+
+    @property
+    def pinned(self) -> bool:
+        """Return whether the settings pin the runner."""
+        return self.settings is not None and self.settings.pinned
+
+    def keep_alive(self, daemon_default: float, *, default_model: bool) -> float:
+        """Return its idle timeout: the settings', else ``-1`` for the default model, else
+        the daemon's."""
+        if self.settings is not None and self.settings.keep_alive is not None:
+            return self.settings.keep_alive
+        return -1.0 if default_model else daemon_default
+
+
+class LaunchPlanner:
+    """Plans runner starts for one scheduler.
+
+    Args:
+        config: Daemon settings (default context size, prompt cache).
+        store: The model store (bundles).
+        configs: The persisted ``_configure`` settings.
+        memory: Memory planning (estimates, learned footprints).
+        crashes: Engine crash memory; a model that crashed the engine is refused here.
+        engine_path: The llama-server executable.
+        runners_dir: Where sockets (and pid files) go.
+        log_dir: Where engine logs go.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: StoreLike,
+        configs: RunnerConfigStore,
+        memory: MemoryPlanner,
+        crashes: CrashMemory,
+        engine_path: Path,
+        runners_dir: Path,
+        log_dir: Path,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._configs = configs
+        self._memory = memory
+        self._crashes = crashes
+        self._engine_path = engine_path
+        self.runners_dir = runners_dir
+        self._log_dir = log_dir
+        # next() on a count is atomic under the GIL: no lock needed for unique IDs.
+        self._sequence = itertools.count(1)
+
+    def plan(self, record: RecordLike, mode: str) -> LaunchPlan:
+        """Return the plan for a runner of ``record`` in ``mode``.
+
+        Raises:
+            EngineCrashedError: This model crashed the engine recently.
+            InvalidRequestError: Its settings name a KV cache type the engine does not know.
+            StoreError: The model's files cannot be read.
+        """
+        self._crashes.check(record.id)
+        settings = self._configs.get(record.id, mode)
+        bundle = self._store.bundle(record)
+        runner_id = f"{mode[0]}{next(self._sequence)}-{short_id(record.id)[:8]}"
+        socket_path = self.runners_dir / f"{runner_id}.sock"
+        argv = build_argv(
+            engine_path=self._engine_path,
+            bundle=bundle,
+            mode=mode,
+            socket_path=socket_path,
+            settings=settings,
+            default_context_size=self._config.default_context_size,
+            prompt_cache_mib=self._config.prompt_cache_mib,
+        )
+        return LaunchPlan(
+            runner_id=runner_id,
+            model_id=record.id,
+            model_name=model_label(record.tags, record.id),
+            mode=mode,
+            settings=settings,
+            bundle=bundle,
+            argv=tuple(argv),
+            socket_path=socket_path,
+            log_path=logfiles.engine_log_path(self._log_dir, short_id(record.id), mode),
+            context_size=context_size_for(
+                bundle.config, settings, self._config.default_context_size
+            ),
+            memory=self._memory.plan(record.id, bundle, argv, socket_path),
+        )
