@@ -33,7 +33,6 @@ from orchestrator.errors import (
     RunnerTimeoutError,
     ServiceUnavailableError,
 )
-from orchestrator.unixhttp import UnixHTTPConnection  # noqa: F401 (re-exported, see below)
 
 if TYPE_CHECKING:
     import falcon
@@ -122,10 +121,6 @@ def open_runner_connection(address: str) -> http.client.HTTPConnection:
         address, READ_TIMEOUT_SECONDS, connect_timeout=CONNECT_TIMEOUT_SECONDS
     )
 
-
-# NOTE(api): orchestrator.api.metrics imports ``UnixHTTPConnection`` (re-exported above) and
-# ``open_connection`` from here; both can go once it uses orchestrator.unixhttp directly.
-open_connection = open_runner_connection
 
 
 def _timed_out(ex: BaseException, since: float | None) -> bool:
