@@ -342,8 +342,9 @@ SETTINGS: tuple[Setting, ...] = (
         512,
         _to_prompt_cache,
         "DMR_PROMPT_CACHE_MIB",
-        "llama-server's prompt cache (--cache-ram) per runner in MiB, counted in the memory "
-        "estimate; 0 = off, -1 = the engine's default (8 GiB, not counted).",
+        "Ceiling of llama-server's prompt cache (--cache-ram) per runner in MiB; each runner "
+        "gets half its KV cache size up to this, counted in the memory estimate; 0 = off, "
+        "-1 = the engine's default (8 GiB, not counted).",
     ),
 )
 

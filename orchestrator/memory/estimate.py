@@ -342,6 +342,9 @@ def _ffn_width(meta: Mapping[str, Any], arch: str) -> int:
     dense = _max_int(meta.get(f"{arch}.feed_forward_length"))
     expert = _max_int(meta.get(f"{arch}.expert_feed_forward_length"))
     used = _max_int(meta.get(f"{arch}.expert_used_count"))
+    if not expert and _max_int(meta.get(f"{arch}.expert_count")) > 0:
+        # Mixtral-style files (llama architecture) give the experts' width as feed_forward_length.
+        expert = dense
     shared = _max_int(meta.get(f"{arch}.expert_shared_feed_forward_length")) * max(
         _max_int(meta.get(f"{arch}.expert_shared_count")), 1 if expert else 0
     )

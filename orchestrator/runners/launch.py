@@ -15,7 +15,7 @@ from orchestrator import logfiles
 from orchestrator.runners.crashes import CrashMemory
 from orchestrator.runners.info import RecordLike, StoreLike, short_id
 from orchestrator.runners.llamacpp import BundleLike, build_argv, context_size_for
-from orchestrator.runners.memoryplan import MemoryPlan, MemoryPlanner
+from orchestrator.runners.memoryplan import MemoryPlan, MemoryPlanner, prompt_cache_mib_for
 from orchestrator.runners.persisted import RunnerConfigStore, RunnerSettings
 from orchestrator.settings import Config
 from orchestrator.store.reference import model_label
@@ -114,15 +114,28 @@ class LaunchPlanner:
         bundle = self._store.bundle(record)
         runner_id = f"{mode[0]}{next(self._sequence)}-{short_id(record.id)[:8]}"
         socket_path = self.runners_dir / f"{runner_id}.sock"
-        argv = build_argv(
-            engine_path=self._engine_path,
-            bundle=bundle,
-            mode=mode,
-            socket_path=socket_path,
-            settings=settings,
-            default_context_size=self._config.default_context_size,
-            prompt_cache_mib=self._config.prompt_cache_mib,
-        )
+
+        def argv_with(prompt_cache_mib: int) -> list[str]:
+            return build_argv(
+                engine_path=self._engine_path,
+                bundle=bundle,
+                mode=mode,
+                socket_path=socket_path,
+                settings=settings,
+                default_context_size=self._config.default_context_size,
+                prompt_cache_mib=prompt_cache_mib,
+            )
+
+        # The prompt cache is sized from the KV cache, which the estimate of this very argv
+        # knows: plan once with the ceiling, then again with the sized limit (the GGUF header
+        # is read once and cached, so the second plan is arithmetic).
+        ceiling = self._config.prompt_cache_mib
+        argv = argv_with(ceiling)
+        memory = self._memory.plan(record.id, bundle, argv, socket_path)
+        sized = prompt_cache_mib_for(memory.estimate, ceiling)
+        if sized != ceiling:
+            argv = argv_with(sized)
+            memory = self._memory.plan(record.id, bundle, argv, socket_path)
         return LaunchPlan(
             runner_id=runner_id,
             model_id=record.id,
@@ -136,5 +149,5 @@ class LaunchPlanner:
             context_size=context_size_for(
                 bundle.config, settings, self._config.default_context_size
             ),
-            memory=self._memory.plan(record.id, bundle, argv, socket_path),
+            memory=memory,
         )

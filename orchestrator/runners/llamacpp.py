@@ -24,11 +24,12 @@ BASE_ARGS: tuple[str, ...] = ("-ngl", "999", "--metrics", "--no-webui")
 """Arguments every runner gets first (DMR's ``-ngl 999 --metrics`` plus ``--no-webui``)."""
 
 DEFAULT_PROMPT_CACHE_MIB = 512
-"""``--cache-ram`` given to every runner unless configured (``Config.prompt_cache_mib``).
+"""Ceiling of the ``--cache-ram`` a runner gets (``Config.prompt_cache_mib``).
 
 llama-server's own default is 8192 MiB: an idle runner that has served many prompts grows by up
-to 8 GiB of saved prompt state, which no admission decision could foresee. An explicit, smaller
-limit keeps the runner's footprint what the memory estimate says it is."""
+to 8 GiB of saved prompt state, which no admission decision could foresee. Each runner gets an
+explicit limit, sized from its KV cache up to this ceiling
+(:func:`~orchestrator.runners.memoryplan.prompt_cache_mib_for`), which the estimate counts."""
 
 # GGUF `<arch>.pooling_type` values (llama.h `enum llama_pooling_type`); 0 = none is not usable
 # for OpenAI-shaped embeddings, so it falls back to mean like a missing key does.

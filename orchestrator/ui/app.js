@@ -383,12 +383,17 @@ async function pull(event) {
 
 let runningTimer = null;
 
+// What admission counted for the runner, and which figure it was: the estimate from the GGUF
+// header, or the footprint learned from earlier runs of the same model and arguments.
 function memoryText(memory) {
   if (!memory) return "";
+  const admitted = memory.admitted_with;
   const estimate = memory.estimate && memory.estimate.total;
   const measured = memory.measured ? (memory.measured.rss || 0) + (memory.measured.vram || 0) : null;
-  const parts = [estimate ? `~${formatBytes(estimate)}` : "no estimate", measured ? formatBytes(measured) : "not measured yet"];
-  return parts.join(" / ");
+  const counted = admitted
+    ? `${formatBytes((admitted.ram || 0) + (admitted.vram || 0))} (${admitted.source === "measured" ? "learned" : "estimate"})`
+    : (estimate ? `~${formatBytes(estimate)} (estimate)` : "no estimate");
+  return [counted, measured ? formatBytes(measured) : "not measured yet"].join(" / ");
 }
 
 function untilText(entry) {

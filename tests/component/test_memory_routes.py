@@ -42,7 +42,9 @@ def test_inspect_and_ps_show_the_estimate_and_the_measurement(make_harness: Any)
     memory = body["memory"]
     ram = memory["estimate"]["ram"]
     assert set(ram) == {"weights", "kv_cache", "compute_buffer", "mmproj", "overhead", "prompt_cache", "total"}
-    assert ram["prompt_cache"] == 512 * MiB and ram["kv_cache"] > 0
+    # The prompt cache is half the KV cache (rounded up to whole MiB), never the 512 MiB ceiling
+    # for this tiny model.
+    assert ram["kv_cache"] > 0 and ram["prompt_cache"] == -(-ram["kv_cache"] // (2 * MiB)) * MiB
     assert memory["estimate"]["context_size"] == 4096
     assert memory["admitted_with"] == {"ram": ram["total"], "vram": 0, "source": "estimate"}
     assert memory["learned"] is None and memory["never_fits"] == ""

@@ -229,6 +229,7 @@ def test_running_view_unloads(daemon: Daemon, browser: WebDriver, screenshots: P
     cells = row_cells(rows[0])
     assert "smollm2" in cells[0] and cells[1] == "completion", cells
     assert "/" in cells[4] and "(in " in cells[5], cells
+    assert "(estimate)" in cells[4] or "(learned)" in cells[4], cells  # which figure admission used
     shoot(browser, screenshots, "running")
     rows[0].find_element("css selector", "button").click()
     wait_for(

@@ -173,3 +173,68 @@ def test_a_busy_runner_is_kept_and_the_queue_is_bounded(
     )
     assert chat(daemon, SMALL).status_code == 200
     assert loaded(daemon) == ["smollm2-2k"]
+
+
+def _distinct_prompt(index: int) -> str:
+    """A prompt of its own words and length (60 to 535 words), so every one is a new state."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi".split()
+    body = " ".join(words[(index * 7 + i * 3) % len(words)] for i in range(60 + 25 * index))
+    return f"Request {index}: {body}. Summarise this in one sentence."
+
+
+@pytest.mark.parametrize("context_size", [4096, 8192])
+def test_the_admission_figure_is_within_20_percent_of_the_peak_after_twenty_prompts(
+    daemon_factory: Callable[..., Daemon], two_model_store: Path, tmp_path: Path, context_size: int
+) -> None:
+    """After 20 distinct prompts, what admission counts for the model (and what the estimate
+    counted before it ever ran) is within 20 % of the runner's peak RSS."""
+    from orchestrator.memory.footprint import measure_footprint
+
+    if context_size == 4096:  # ai/smollm2 packaged at 4096; the seeded store has the GGUF's 8192
+        models = tmp_path / "models"
+        shutil.copytree(two_model_store, models)
+        daemon = daemon_factory(models_path=models)
+    else:
+        daemon = daemon_factory()
+    peak = 0
+    for index in range(20):
+        body = {"model": BIG, "max_tokens": 16, "seed": index,
+                "messages": [{"role": "user", "content": _distinct_prompt(index)}]}  # fmt: skip
+        response = daemon.post(CHAT, json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        (runner,) = daemon.runner_processes()
+        footprint = measure_footprint(runner.pid)
+        assert footprint is not None
+        peak = max(peak, footprint.rss_bytes)
+    (entry,) = daemon.get("/engines/ps").json()
+    first = entry["memory"]["admitted_with"]
+    assert entry["context_size"] == context_size and first["source"] == "estimate"
+    memory = daemon.get(f"/models/{BIG}").json()["memory"]  # what the next load is admitted with
+    admitted = memory["admitted_with"]
+    print(
+        f"ctx {context_size}: estimate {first['ram'] / MiB:.1f} MiB (prompt cache "
+        f"{memory['estimate']['ram']['prompt_cache'] / MiB:.0f}), next admission "
+        f"{admitted['ram'] / MiB:.1f} MiB ({admitted['source']}), peak RSS {peak / MiB:.1f} MiB"
+    )
+    assert admitted["source"] == "measured"
+    assert abs(admitted["ram"] - peak) <= 0.2 * peak
+    assert abs(first["ram"] - peak) <= 0.2 * peak
+
+
+def test_a_512mib_budget_holds_one_smollm2_and_evicts_it_for_a_second_mode(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    """DMR_MAX_RAM=512MiB admits SmolLM2 at default settings (ctx 8192, default prompt cache);
+    asking for its embedding runner evicts the idle chat runner, and back again."""
+    daemon = daemon_factory(DMR_MAX_RAM="512MiB", DMR_MIN_RESIDENCY="0")
+    assert chat(daemon, BIG).status_code == 200
+    (entry,) = daemon.get("/engines/ps").json()
+    assert entry["mode"] == "completion" and entry["context_size"] == 8192
+    assert entry["memory"]["admitted_with"]["ram"] <= 512 * MiB
+    embedded = daemon.post("/engines/v1/embeddings", json={"model": BIG, "input": "hello"})
+    assert embedded.status_code == 200, embedded.text
+    assert [e["mode"] for e in daemon.get("/engines/ps").json()] == ["embedding"]
+    assert len(daemon.runner_processes()) == 1
+    assert chat(daemon, BIG).status_code == 200
+    assert [e["mode"] for e in daemon.get("/engines/ps").json()] == ["completion"]
+    assert metric(daemon, 'dmr_runner_evictions_total{reason="memory"}') == 2

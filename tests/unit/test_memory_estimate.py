@@ -291,6 +291,29 @@ def test_moe_activations_use_the_active_experts() -> None:
     assert est.compute_buffer == 512 * 4 * (3 * 512 * 8 + 5 * 256) + 1024 * 512 * 2 + 1000 * 4
 
 
+def test_mixtral_style_experts_take_their_width_from_feed_forward_length() -> None:
+    """A llama-architecture MoE file (Mixtral's layout) has no expert_feed_forward_length; its
+    experts are feed_forward_length wide. Loaded by llama-server (4 layers, n_embd 512, n_ff 512,
+    8 experts, 2 used, vocab 49152, ctx 4096, 4 slots): "CPU compute buffer size = 15.02 MiB",
+    "CPU output buffer size = 0.75 MiB"."""
+    meta = llama_meta(
+        **{
+            "llama.block_count": 4,
+            "llama.embedding_length": 512,
+            "llama.feed_forward_length": 512,
+            "llama.expert_count": 8,
+            "llama.expert_used_count": 2,
+            "llama.vocab_size": 49152,
+        }
+    )
+    est = estimate(meta, context_size=4096, weights_bytes=0)
+    activations = 512 * 4 * (3 * 512 * 2 + 5 * 512)  # the two active experts' width
+    mask = 4096 * 512 * 2
+    output = 49152 * 4 * 4  # logits of one token per slot, 4 slots
+    assert est.compute_buffer == activations + mask + output
+    assert est.compute_buffer / MiB == pytest.approx(15.02 + 0.75, abs=0.05)
+
+
 def test_prompt_cache_and_mmproj_parts() -> None:
     est = estimate(
         llama_meta(), context_size=512, weights_bytes=0, mmproj_bytes=100 * MiB,

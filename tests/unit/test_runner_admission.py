@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,14 @@ from orchestrator.memory.learned import (
     learned_need,
 )
 from orchestrator.memory.nvml import GpuInfo
+from orchestrator.runners.crashes import CrashMemory
 from orchestrator.runners.engineflags import engine_options
+from orchestrator.runners.launch import LaunchPlanner
 from orchestrator.runners.llamacpp import build_argv
-from orchestrator.runners.memoryplan import MemoryPlanner, estimate_arguments
-from tests.fakes.store_stub import StubBundle
+from orchestrator.runners.memoryplan import MemoryPlanner, estimate_arguments, prompt_cache_mib_for
+from orchestrator.runners.persisted import RunnerConfigStore, RunnerSettings
+from orchestrator.settings import Config
+from tests.fakes.store_stub import StubBundle, StubRecord, StubStore
 from tests.support.gguf_files import write_llama_model, write_sharded_model
 
 GiB = 1024**3
@@ -255,3 +260,67 @@ def test_deficit_reads_ram_and_each_gpu_against_its_reserve() -> None:
     assert ram == int(6.4 * GiB) - 5 * GiB  # default reserve: 10 % of 64 GiB
     assert vram == 512 * MiB - 100 * MiB
     assert MemoryPlanner(guard=guard()).deficit() == (0, 0)
+
+
+# --- the prompt cache, sized per model -----------------------------------------------------------
+
+
+def _kv_estimate(ram_kv_mib: int, vram_kv_mib: int = 0) -> MemoryEstimate:
+    return MemoryEstimate(
+        ram=DeviceMemory(weights=92 * MiB, kv_cache=ram_kv_mib * MiB),
+        vram=DeviceMemory(kv_cache=vram_kv_mib * MiB),
+        context_size=8192, parallel=4, kv_unified=True, flash_attn=True, gpu_layers=0,
+        per_token_bytes=0,
+    )  # fmt: skip
+
+
+def test_prompt_cache_is_half_the_kv_cache_at_most_the_ceiling() -> None:
+    assert prompt_cache_mib_for(_kv_estimate(180), 512) == 90  # SmolLM2 at ctx 8192
+    assert prompt_cache_mib_for(_kv_estimate(90), 512) == 45  # ... at ctx 4096
+    assert prompt_cache_mib_for(_kv_estimate(100, 60), 512) == 80  # KV offloaded to a GPU counts
+    assert prompt_cache_mib_for(_kv_estimate(4000), 512) == 512  # DMR_PROMPT_CACHE_MIB caps it
+    assert prompt_cache_mib_for(_kv_estimate(1), 512) == 1  # rounded up, never 0 (= off)
+    assert prompt_cache_mib_for(_kv_estimate(180), 0) == 0  # off stays off
+    assert prompt_cache_mib_for(_kv_estimate(180), -1) == -1  # the engine's default stays
+    assert prompt_cache_mib_for(_kv_estimate(0), 512) == 512  # KV unknown: the ceiling
+
+
+def _planner(
+    tmp_path: Path, prompt_cache_mib: int = 512
+) -> tuple[LaunchPlanner, StubRecord, RunnerConfigStore]:
+    """A launch planner over a store holding one synthetic llama model packaged at ctx 4096."""
+    store = StubStore(tmp_path / "store")
+    record = store.add(write_llama_model(tmp_path / "m.gguf"), tags=("ai/m:latest",), config={"context_size": 4096})
+    configs = RunnerConfigStore(tmp_path / "store" / "runner-configs.json")
+    planner = LaunchPlanner(
+        config=Config(prompt_cache_mib=prompt_cache_mib),
+        store=store,
+        configs=configs,
+        memory=MemoryPlanner(guard=guard()),
+        crashes=CrashMemory(Path("/opt/llama-server")),
+        engine_path=Path("/opt/llama-server"),
+        runners_dir=tmp_path / "run",
+        log_dir=tmp_path / "logs",
+    )
+    return planner, record, configs
+
+
+def test_a_runner_gets_and_is_counted_with_the_prompt_cache_of_its_kv_size(tmp_path: Path) -> None:
+    planner, record, _ = _planner(tmp_path)
+    plan = planner.plan(record, "completion")
+    kv = plan.memory.estimate.kv_cache
+    sized = math.ceil(kv / 2 / MiB)
+    assert 0 < sized < 512
+    options = engine_options(plan.argv)
+    assert options["cache_ram"] == str(sized)  # what the engine is told ...
+    assert plan.memory.estimate.ram.prompt_cache == sized * MiB  # ... is what admission counts
+    assert plan.argv.count("--cache-ram") == 1
+
+
+def test_a_prompt_cache_set_by_the_user_wins_and_is_counted(tmp_path: Path) -> None:
+    planner, record, configs = _planner(tmp_path, prompt_cache_mib=0)
+    assert planner.plan(record, "completion").memory.estimate.ram.prompt_cache == 0  # off
+    configs.put(record.id, RunnerSettings(runtime_flags=("--cache-ram", "64")))
+    plan = planner.plan(record, "completion")
+    assert engine_options(plan.argv)["cache_ram"] == "64"
+    assert plan.memory.estimate.ram.prompt_cache == 64 * MiB
