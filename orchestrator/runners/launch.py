@@ -1,24 +1,32 @@
 """Launch plans: everything a runner start needs, worked out before admission.
 
 Reading the settings file and the model's GGUF header is I/O, so it happens outside the table
-lock: :meth:`LaunchPlanner.plan` gives the runner its ID, socket and log paths, the argv, the
-context size, and the memory plan admission decides on. Admission then only compares numbers.
+lock: :meth:`LaunchPlanner.plan` gives the runner its ID, socket and log paths, the argv (with
+its prompt cache sized from its KV cache, and fewer GPU layers when the model is larger than
+the GPU memory), the context size, and the memory plan admission decides on. Admission then
+only compares numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator import logfiles
+from orchestrator.memory.sizes import format_bytes
 from orchestrator.runners.crashes import CrashMemory
+from orchestrator.runners.engineflags import engine_options
 from orchestrator.runners.info import RecordLike, StoreLike, short_id
-from orchestrator.runners.llamacpp import BundleLike, build_argv, context_size_for
+from orchestrator.runners.llamacpp import ALL_LAYERS, BundleLike, build_argv, context_size_for
 from orchestrator.runners.memoryplan import MemoryPlan, MemoryPlanner, prompt_cache_mib_for
 from orchestrator.runners.persisted import RunnerConfigStore, RunnerSettings
 from orchestrator.settings import Config
 from orchestrator.store.reference import model_label
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +123,10 @@ class LaunchPlanner:
         runner_id = f"{mode[0]}{next(self._sequence)}-{short_id(record.id)[:8]}"
         socket_path = self.runners_dir / f"{runner_id}.sock"
 
-        def argv_with(prompt_cache_mib: int) -> list[str]:
-            return build_argv(
+        def planned(
+            prompt_cache_mib: int, gpu_layers: int = ALL_LAYERS
+        ) -> tuple[list[str], MemoryPlan]:
+            argv = build_argv(
                 engine_path=self._engine_path,
                 bundle=bundle,
                 mode=mode,
@@ -124,18 +134,23 @@ class LaunchPlanner:
                 settings=settings,
                 default_context_size=self._config.default_context_size,
                 prompt_cache_mib=prompt_cache_mib,
+                gpu_layers=gpu_layers,
             )
+            return argv, self._memory.plan(record.id, bundle, argv, socket_path)
 
-        # The prompt cache is sized from the KV cache, which the estimate of this very argv
-        # knows: plan once with the ceiling, then again with the sized limit (the GGUF header
-        # is read once and cached, so the second plan is arithmetic).
+        # Two choices depend on the estimate of the argv they change; each re-plan is
+        # arithmetic (the GGUF header is read once per model and cached). The prompt cache is
+        # sized from the KV cache; a model larger than the GPU memory gets the layers that fit.
         ceiling = self._config.prompt_cache_mib
-        argv = argv_with(ceiling)
-        memory = self._memory.plan(record.id, bundle, argv, socket_path)
-        sized = prompt_cache_mib_for(memory.estimate, ceiling)
-        if sized != ceiling:
-            argv = argv_with(sized)
-            memory = self._memory.plan(record.id, bundle, argv, socket_path)
+        argv, memory = planned(ceiling)
+        cache = prompt_cache_mib_for(memory.estimate, ceiling)
+        if cache != ceiling:
+            argv, memory = planned(cache)
+        layers = self._layers_that_fit(
+            memory, settings, lambda n: planned(cache, n)[1], model_label(record.tags, record.id)
+        )
+        if layers is not None:
+            argv, memory = planned(cache, layers)
         return LaunchPlan(
             runner_id=runner_id,
             model_id=record.id,
@@ -151,3 +166,41 @@ class LaunchPlanner:
             ),
             memory=memory,
         )
+
+    def _layers_that_fit(
+        self,
+        full: MemoryPlan,
+        settings: RunnerSettings | None,
+        plan_with: Callable[[int], MemoryPlan],
+        name: str,
+    ) -> int | None:
+        """Return the ``-ngl`` for a model larger than the GPU memory, else ``None``.
+
+        As Ollama does: when every layer on the GPU would need more than the runners' GPU
+        budget (``DMR_MAX_VRAM``, or each GPU less its reserve, GPUs pooled), offload the most
+        layers whose VRAM estimate fits and run the rest on the CPU. Nothing changes without a
+        GPU, when it fits, or when the user's runtime flags set ``-ngl`` themselves.
+        """
+        if not self._memory.has_gpu or full.estimate.vram_bytes <= 0:
+            return None
+        flags = settings.runtime_flags if settings is not None else ()
+        if "gpu_layers" in engine_options(["engine", *flags]):
+            return None
+        limit = self._memory.guard.budget().vram_limit
+        if full.estimate.vram_bytes <= limit:
+            return None
+        # VRAM grows with the layers offloaded: the largest count that fits, by bisection.
+        low, high = 0, max(full.estimate.gpu_layers - 1, 0)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if plan_with(middle).estimate.vram_bytes <= limit:
+                low = middle
+            else:
+                high = middle - 1
+        log.info(
+            "model larger than the GPU memory, offloading part of it model=%s layers=%d of %d "
+            "vram_budget=%s needed_all=%s",
+            name, low, full.estimate.gpu_layers, format_bytes(limit),
+            format_bytes(full.estimate.vram_bytes),
+        )  # fmt: skip
+        return low

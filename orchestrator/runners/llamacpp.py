@@ -20,7 +20,9 @@ from orchestrator.errors import InvalidRequestError
 from orchestrator.runners.engineflags import MODES, spelling
 from orchestrator.runners.persisted import RunnerSettings
 
-BASE_ARGS: tuple[str, ...] = ("-ngl", "999", "--metrics", "--no-webui")
+ALL_LAYERS = 999
+"""``-ngl`` value for "every layer on the GPU" (DMR's; llama-server ignores it without one)."""
+BASE_ARGS: tuple[str, ...] = ("-ngl", str(ALL_LAYERS), "--metrics", "--no-webui")
 """Arguments every runner gets first (DMR's ``-ngl 999 --metrics`` plus ``--no-webui``)."""
 
 DEFAULT_PROMPT_CACHE_MIB = 512
@@ -111,6 +113,7 @@ def build_argv(
     settings: RunnerSettings | None = None,
     default_context_size: int = 4096,
     prompt_cache_mib: int = DEFAULT_PROMPT_CACHE_MIB,
+    gpu_layers: int = ALL_LAYERS,
 ) -> list[str]:
     """Return the llama-server argv for one runner.
 
@@ -130,6 +133,8 @@ def build_argv(
         default_context_size: ``Config.default_context_size``.
         prompt_cache_mib: ``Config.prompt_cache_mib``: ``--cache-ram`` in MiB; 0 turns the
             prompt cache off; -1 leaves the flag out (the engine's default).
+        gpu_layers: ``-ngl``: layers on the GPU (:data:`ALL_LAYERS` unless the model is larger
+            than the GPU memory; a runtime flag still wins, coming later).
 
     Raises:
         InvalidRequestError: ``mode`` is not one of :data:`MODES`.
@@ -140,7 +145,7 @@ def build_argv(
             param="mode",
         )
     flags: tuple[str, ...] = settings.runtime_flags if settings is not None else ()
-    argv = [str(engine_path), *BASE_ARGS]
+    argv = [str(engine_path), "-ngl", str(gpu_layers), *BASE_ARGS[2:]]
     argv += ["--model", str(bundle.gguf_path), "--host", str(socket_path)]
     if mode == "completion":
         if bundle.chat_template_path is not None:

@@ -286,17 +286,18 @@ def test_prompt_cache_is_half_the_kv_cache_at_most_the_ceiling() -> None:
 
 
 def _planner(
-    tmp_path: Path, prompt_cache_mib: int = 512
+    tmp_path: Path, prompt_cache_mib: int = 512, memory_guard: MemoryGuard | None = None
 ) -> tuple[LaunchPlanner, StubRecord, RunnerConfigStore]:
-    """A launch planner over a store holding one synthetic llama model packaged at ctx 4096."""
+    """A launch planner over a store holding one synthetic llama model (8 layers, ctx 4096)."""
     store = StubStore(tmp_path / "store")
-    record = store.add(write_llama_model(tmp_path / "m.gguf"), tags=("ai/m:latest",), config={"context_size": 4096})
+    model = write_llama_model(tmp_path / "m.gguf", n_layers=8)
+    record = store.add(model, tags=("ai/m:latest",), config={"context_size": 4096})
     configs = RunnerConfigStore(tmp_path / "store" / "runner-configs.json")
     planner = LaunchPlanner(
         config=Config(prompt_cache_mib=prompt_cache_mib),
         store=store,
         configs=configs,
-        memory=MemoryPlanner(guard=guard()),
+        memory=MemoryPlanner(guard=memory_guard or guard()),
         crashes=CrashMemory(Path("/opt/llama-server")),
         engine_path=Path("/opt/llama-server"),
         runners_dir=tmp_path / "run",
@@ -324,3 +325,55 @@ def test_a_prompt_cache_set_by_the_user_wins_and_is_counted(tmp_path: Path) -> N
     plan = planner.plan(record, "completion")
     assert engine_options(plan.argv)["cache_ram"] == "64"
     assert plan.memory.estimate.ram.prompt_cache == 64 * MiB
+
+
+# --- partial offload when the model is larger than the GPU memory -------------------------------
+
+
+def _gpu_guard(max_vram: int) -> MemoryGuard:
+    """A guard over a 64 GiB host and one 24 GiB GPU whose runners may use ``max_vram``."""
+    gpu = GpuInfo(0, "gpu", 24 * GiB, 23 * GiB, 1 * GiB)
+    return MemoryGuard(
+        ram_probe=lambda: RamReading(64 * GiB, 60 * GiB), gpu_probe=lambda: [gpu],
+        max_vram_bytes=max_vram,
+    )  # fmt: skip
+
+
+def _vram_at(tmp_path: Path, layers: int) -> int:
+    """VRAM the synthetic model needs with ``layers`` offloaded (its argv's ``-ngl``)."""
+    planner, record, configs = _planner(tmp_path / f"probe{layers}", memory_guard=_gpu_guard(0))
+    configs.put(record.id, RunnerSettings(runtime_flags=("-ngl", str(layers))))
+    return planner.plan(record, "completion").memory.estimate.vram_bytes
+
+
+def test_a_model_that_fits_the_gpu_gets_every_layer(tmp_path: Path) -> None:
+    planner, record, _ = _planner(tmp_path, memory_guard=_gpu_guard(0))  # 24 GiB less reserve
+    plan = planner.plan(record, "completion")
+    assert engine_options(plan.argv)["gpu_layers"] == "999"
+    assert plan.memory.estimate.gpu_layers == 9  # 8 blocks and the output layer
+
+
+def test_a_model_larger_than_the_gpu_gets_the_layers_that_fit(tmp_path: Path) -> None:
+    """Between the VRAM of 5 and 6 offloaded layers, 5 go to the GPU and the rest stay on the CPU."""
+    five, six = _vram_at(tmp_path, 5), _vram_at(tmp_path, 6)
+    assert 0 < five < six
+    planner, record, _ = _planner(tmp_path / "real", memory_guard=_gpu_guard((five + six) // 2))
+    plan = planner.plan(record, "completion")
+    assert engine_options(plan.argv)["gpu_layers"] == "5"
+    assert plan.argv.count("-ngl") == 1
+    assert plan.memory.estimate.gpu_layers == 5 and plan.memory.estimate.vram_bytes == five
+    assert plan.memory.estimate.ram.weights > 0  # the other layers' weights are in RAM
+
+
+def test_a_gpu_too_small_for_one_layer_runs_the_model_on_the_cpu(tmp_path: Path) -> None:
+    planner, record, _ = _planner(tmp_path, memory_guard=_gpu_guard(_vram_at(tmp_path, 1) - 1))
+    plan = planner.plan(record, "completion")
+    assert engine_options(plan.argv)["gpu_layers"] == "0" and plan.memory.estimate.vram_bytes == 0
+
+
+def test_the_users_gpu_layers_are_kept_even_when_they_do_not_fit(tmp_path: Path) -> None:
+    planner, record, configs = _planner(tmp_path, memory_guard=_gpu_guard(_vram_at(tmp_path, 1)))
+    configs.put(record.id, RunnerSettings(runtime_flags=("--n-gpu-layers", "7")))
+    plan = planner.plan(record, "completion")
+    assert engine_options(plan.argv)["gpu_layers"] == "7"  # the guard then says it cannot fit
+    assert "-ngl" in plan.argv and plan.argv[plan.argv.index("-ngl") + 1] == "999"
