@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from orchestrator.engine import choose_engine
-from orchestrator.enginebuild import records
+from orchestrator.enginebuild import build_records
 from orchestrator.enginebuild.proof import prove
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,8 @@ def main() -> int:
                                 check=True).stdout.split()[-1])
     chosen = choose_engine("", gpus=list).path  # gpus=list: no GPU, compare the CPU builds
     candidates: list[tuple[str, Path, tuple[str, ...]]] = []
-    for build in records.cached_builds(records.engine_cache_root(), records.FLAVOR_CPU):
+    cache_root = build_records.engine_cache_root()
+    for build in build_records.cached_builds(cache_root, build_records.FLAVOR_CPU):
         candidates.append((build.record.variant, build.server, ()))
         if build.record.variant == "native":
             candidates.append(("native --no-repack", build.server, ("--no-repack",)))

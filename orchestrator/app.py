@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import falcon
 
 from orchestrator.api import add_routes
-from orchestrator.api import errors as api_errors
-from orchestrator.api.context import ApiContext, RegistryFactory
+from orchestrator.api import error_handlers as api_errors
 from orchestrator.api.middleware import (
     CORSMiddleware,
     OriginPolicy,
     RequestContextMiddleware,
 )
 from orchestrator.api.request_stats import RequestStats
+from orchestrator.api.shared import ApiContext, RegistryFactory
 from orchestrator.engine import EngineChoice, choose_engine
 from orchestrator.errors import EngineNotFoundError
 

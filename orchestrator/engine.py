@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.enginebuild.records import (
+from orchestrator.enginebuild.build_records import (
     FLAVOR_CPU,
     FLAVOR_CUDA,
     CachedBuild,

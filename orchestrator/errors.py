@@ -1,8 +1,8 @@
 """The one exception hierarchy of the daemon and the CLI.
 
 Every error the product reports derives from :class:`OrchestratorError`. Each subclass pins the
-HTTP status, the OpenAI ``type`` and a stable, documented ``code``; ``api/errors.py`` is the only
-place that renders them, as ``{"error": {"message", "type", "param", "code"}}``.
+HTTP status, the OpenAI ``type`` and a stable, documented ``code``; ``api/error_handlers.py`` is
+the only place that renders them, as ``{"error": {"message", "type", "param", "code"}}``.
 
 This module imports nothing from the rest of the package, so every module may import it.
 """

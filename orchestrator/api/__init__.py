@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchestrator.api.context import ApiContext, RegistryFactory
+from orchestrator.api.shared import ApiContext, RegistryFactory
 
 if TYPE_CHECKING:
     import falcon

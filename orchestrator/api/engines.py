@@ -18,7 +18,7 @@ from orchestrator.errors import InvalidRequestError, OrchestratorError
 from orchestrator.runners.persisted import parse_configure_request
 
 if TYPE_CHECKING:
-    from orchestrator.api.context import ApiContext
+    from orchestrator.api.shared import ApiContext
     from orchestrator.store.records import ModelRecord
 
 log = logging.getLogger(__name__)

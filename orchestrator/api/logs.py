@@ -32,7 +32,7 @@ from orchestrator.logfiles import (
 )
 
 if TYPE_CHECKING:
-    from orchestrator.api.context import ApiContext
+    from orchestrator.api.shared import ApiContext
 
 log = logging.getLogger(__name__)
 

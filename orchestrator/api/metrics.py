@@ -30,7 +30,7 @@ from orchestrator import unixhttp
 from orchestrator.runners.info import BACKEND
 
 if TYPE_CHECKING:
-    from orchestrator.api.context import ApiContext
+    from orchestrator.api.shared import ApiContext
 
 log = logging.getLogger(__name__)
 

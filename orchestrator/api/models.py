@@ -45,7 +45,7 @@ from orchestrator.store.reference import parse_model_id, parse_reference
 from orchestrator.store.tarball import Readable, export_tar, load_tar
 
 if TYPE_CHECKING:
-    from orchestrator.api.context import ApiContext
+    from orchestrator.api.shared import ApiContext
     from orchestrator.store.records import ModelRecord
 
 log = logging.getLogger(__name__)

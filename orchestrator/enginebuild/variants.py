@@ -27,7 +27,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-from orchestrator.enginebuild.records import CpuIdentity
+from orchestrator.enginebuild.build_records import CpuIdentity
 
 # /proc/cpuinfo flag -> ggml's CMake switch for it (ggml/CMakeLists.txt), in ggml's order.
 X86_SWITCHES: tuple[tuple[str, str], ...] = (

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from orchestrator.modelcli.client import DaemonClient, base_url_from_env
+from orchestrator.modelcli.daemon_client import DaemonClient, base_url_from_env
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from orchestrator.enginebuild import records
+from orchestrator.enginebuild import build_records
 from orchestrator.enginebuild.proof import prove
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,9 +31,9 @@ def test_the_provisioned_engine_is_proven_on_this_machine(llama_server_bin: Path
     assert done.returncode == 0, done.stderr
     directory = Path(done.stdout.strip().splitlines()[-1])
     assert "proven on this machine" in done.stderr
-    record = records.read_record(directory)
+    record = build_records.read_record(directory)
     assert record is not None
-    assert record.proven_on(records.this_machine())
+    assert record.proven_on(build_records.this_machine())
     assert (directory / "rpc-server").is_file() and os.access(directory / "rpc-server", os.X_OK)
     configured = os.environ.get("LLAMA_SERVER_PATH")
     if configured:

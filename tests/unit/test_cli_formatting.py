@@ -10,7 +10,11 @@ import pytest
 
 from orchestrator import errors
 from orchestrator.modelcli import formatting
-from orchestrator.modelcli.client import base_url_from_env, error_from_body, parse_progress_line
+from orchestrator.modelcli.daemon_client import (
+    base_url_from_env,
+    error_from_body,
+    parse_progress_line,
+)
 from orchestrator.modelcli.progress_display import ProgressDisplay, format_eta, progress_bar
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "cli"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.engine import choose_engine, find_engine
-from orchestrator.enginebuild import records
+from orchestrator.enginebuild import build_records
 from orchestrator.errors import EngineNotFoundError
 
 NO_GPU: list[str] = []
@@ -24,14 +24,14 @@ def _make_engine(directory: Path) -> Path:
 
 
 def _cached(cache: Path, flavor: str, variant: str, *, proven_here: bool) -> Path:
-    directory = cache / records.build_directory_name("1", flavor, variant)
+    directory = cache / build_records.build_directory_name("1", flavor, variant)
     binary = _make_engine(directory)
-    proofs: tuple[records.Proof, ...] = ()
+    proofs: tuple[build_records.Proof, ...] = ()
     if proven_here:
-        proofs = (records.Proof(records.this_cpu().fingerprint, records.this_machine_id(), "t", 9.0),)
+        proofs = (build_records.Proof(build_records.this_cpu().fingerprint, build_records.this_machine_id(), "t", 9.0),)
     else:
-        proofs = (records.Proof("another-cpu", "another-machine", "t", 9.0),)
-    records.write_record(directory, records.BuildRecord("1", flavor, variant, (), proofs))
+        proofs = (build_records.Proof("another-cpu", "another-machine", "t", 9.0),)
+    build_records.write_record(directory, build_records.BuildRecord("1", flavor, variant, (), proofs))
     return binary
 
 

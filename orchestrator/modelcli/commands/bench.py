@@ -14,9 +14,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from orchestrator import errors
-from orchestrator.modelcli.client import DaemonClient
 from orchestrator.modelcli.commands.run import CHAT_PATH, ensure_local, preload
 from orchestrator.modelcli.context import CliContext
+from orchestrator.modelcli.daemon_client import DaemonClient
 from orchestrator.modelcli.formatting import render_table
 from orchestrator.settings import parse_duration
 

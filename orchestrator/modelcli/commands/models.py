@@ -10,8 +10,8 @@ import requests
 
 from orchestrator import errors
 from orchestrator.modelcli import formatting
-from orchestrator.modelcli.client import model_path, parse_progress_line
 from orchestrator.modelcli.context import CliContext
+from orchestrator.modelcli.daemon_client import model_path, parse_progress_line
 from orchestrator.modelcli.progress_display import ProgressDisplay
 from orchestrator.store.reference import parse_reference
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import errors
-from orchestrator.modelcli.client import DaemonClient, error_from_body, model_path
 from orchestrator.modelcli.commands.models import pull_model
 from orchestrator.modelcli.context import CliContext
+from orchestrator.modelcli.daemon_client import DaemonClient, error_from_body, model_path
 
 CHAT_PATH = "/engines/v1/chat/completions"
 PRELOAD_HEADERS = {"X-Preload-Only": "true"}

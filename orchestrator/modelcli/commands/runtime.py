@@ -12,8 +12,8 @@ from typing import Any
 
 from orchestrator import __version__, errors
 from orchestrator.modelcli import formatting
-from orchestrator.modelcli.client import START_HINT
 from orchestrator.modelcli.context import CliContext
+from orchestrator.modelcli.daemon_client import START_HINT
 from orchestrator.settings import parse_duration
 
 LOGS_FOLLOW_READ_TIMEOUT_SECONDS = 24 * 3600.0
