@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from orchestrator import __version__
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.modelcli.commands import bench, models, package, plugin, run, runtime
+from orchestrator.modelcli.commands import bench, manage, package, plugin, run, runtime
 from orchestrator.modelcli.context import CliContext
 
 EXIT_OK = 0
@@ -37,7 +37,7 @@ def build_parser(prog: str = "docker model") -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="Commands")
-    models.register(commands)
+    manage.register(commands)
     run.register(commands)
     runtime.register(commands)
     package.register(commands)

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from orchestrator.modelcli import main as cli
-from orchestrator.modelcli.commands import models as model_commands
+from orchestrator.modelcli.commands import manage as model_commands
 from orchestrator.modelcli.context import CliContext
 from tests.support.gguf_files import write_llama_model
 

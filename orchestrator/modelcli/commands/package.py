@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import errors
-from orchestrator.modelcli.commands.models import follow_progress
+from orchestrator.modelcli.commands.manage import follow_progress
 from orchestrator.modelcli.context import CliContext
 from orchestrator.modelcli.daemon_client import model_path
 from orchestrator.modelcli.progress_display import ProgressDisplay

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import errors
-from orchestrator.modelcli.commands.models import pull_model
+from orchestrator.modelcli.commands.manage import pull_model
 from orchestrator.modelcli.context import CliContext
 from orchestrator.modelcli.daemon_client import DaemonClient, error_from_body, model_path
 

@@ -1,4 +1,4 @@
-"""Model commands: ``list``/``ls``, ``pull``, ``push``, ``rm``, ``tag``, ``inspect``, ``show``."""
+"""Model management: ``list``/``ls``, ``pull``, ``push``, ``rm``, ``tag``, ``inspect``, ``show``."""
 
 from __future__ import annotations
 
