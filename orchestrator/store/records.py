@@ -79,6 +79,8 @@ def parse_manifest(
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as ex:
         raise _bad_manifest(name, f"it is not JSON ({ex})") from ex
+    except RecursionError as ex:  # a hostile file nests arrays deeper than the parser goes
+        raise _bad_manifest(name, "it nests JSON too deeply") from ex
     if not isinstance(manifest, dict):
         raise _bad_manifest(name, "it is not a JSON object")
     subject = f"'{name}'" if name else "the manifest"

@@ -267,7 +267,9 @@ class Store:
         try:
             manifest = parse_manifest(raw)
             config = json.loads(self.read_blob(manifest["config"]["digest"]))
-        except (InvalidRequestError, UnsupportedModelError, NotFoundError, ValueError) as ex:
+        except (
+            InvalidRequestError, UnsupportedModelError, NotFoundError, ValueError, RecursionError
+        ) as ex:
             raise StoreError(
                 f"model '{model_id}' is damaged in the store ({ex}); delete it and pull it again"
             ) from ex
@@ -346,7 +348,7 @@ class Store:
                 )
             try:
                 config = json.loads(self.read_blob(files[-1]))
-            except ValueError as ex:
+            except (ValueError, RecursionError) as ex:  # RecursionError: nested too deeply
                 raise InvalidRequestError(f"config blob '{files[-1]}' is not valid JSON") from ex
             if not isinstance(config, dict):
                 raise InvalidRequestError(f"config blob '{files[-1]}' is not a JSON object")

@@ -222,3 +222,25 @@ def test_load_rejects_truncated_archives(target: Store, cut: int) -> None:
 def test_load_rejects_garbage(target: Store, body: bytes) -> None:
     with pytest.raises(InvalidRequestError):
         load_tar(target, io.BytesIO(body))
+
+
+@pytest.mark.parametrize("where", ["manifest", "config"])
+def test_load_refuses_json_nested_deeper_than_the_parser_goes(target: Store, where: str) -> None:
+    """A hostile archive whose manifest or config blob nests 200,000 arrays is a clear 400,
+    never a RecursionError rendered as a 500."""
+    import json
+
+    artifact = _artifact()
+    nested = b"[" * 200_000 + b"]" * 200_000
+    entries = _entries_of(artifact)
+    if where == "manifest":
+        entries[-1] = ("manifest.json", nested)
+    else:
+        manifest = json.loads(artifact.manifest_bytes)
+        manifest["config"]["digest"] = digest_of(nested)
+        manifest["config"]["size"] = len(nested)
+        entries = [e for e in entries if e[0] != f"blobs/sha256/{artifact.config_digest[7:]}"]
+        entries[-1:-1] = [(f"blobs/sha256/{digest_of(nested)[7:]}", nested)]
+        entries[-1] = ("manifest.json", json.dumps(manifest).encode())
+    with pytest.raises(InvalidRequestError, match="nest|not valid JSON"):
+        load_tar(target, _Stream(_tar(entries)))
