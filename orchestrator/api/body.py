@@ -55,6 +55,11 @@ def parse_json(data: bytes) -> Any:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as ex:
         raise InvalidRequestError(f"the request body is not valid JSON: {ex}") from ex
+    except ValueError as ex:
+        # Python refuses to convert integers of more than 4300 digits (CVE-2020-10735).
+        raise InvalidRequestError(
+            "a number in the request body is too long (more than 4300 digits)"
+        ) from ex
     except RecursionError as ex:
         raise InvalidRequestError("the request body nests JSON too deeply") from ex
 
