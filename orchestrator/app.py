@@ -16,6 +16,7 @@ import falcon
 
 from orchestrator.api import add_routes
 from orchestrator.api import error_handlers as api_errors
+from orchestrator.api.hosts import HostCheckMiddleware, HostPolicy
 from orchestrator.api.middleware import (
     CORSMiddleware,
     OriginPolicy,
@@ -111,6 +112,8 @@ def create_app(
     )
     middleware: list[Any] = [
         RequestContextMiddleware(),
+        # Before anything reads the request: a foreign Host is a DNS-rebinding page.
+        HostCheckMiddleware(HostPolicy(config.allowed_hosts)),
         CORSMiddleware(OriginPolicy(config.origins)),
     ]
     app = falcon.App(middleware=middleware)

@@ -93,6 +93,14 @@ class OriginNotAllowedError(OrchestratorError):
     code = "origin_not_allowed"
 
 
+class HostNotAllowedError(OrchestratorError):
+    """The request names the daemon by a host name it does not answer to (DNS rebinding)."""
+
+    status = 403
+    type = "permission_error"
+    code = "host_not_allowed"
+
+
 class ModelNotFoundError(OrchestratorError):
     """The reference is not in the local store (OpenAI's own pairing of 404 and type)."""
 

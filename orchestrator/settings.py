@@ -213,6 +213,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Localhost origins are always allowed.",
     ),
     Setting(
+        "allowed_hosts",
+        (),
+        _to_list,
+        "DMR_ALLOWED_HOSTS",
+        "Extra host names the API answers to (comma list; '*.example.com' for subdomains; '*' "
+        "for any). IP addresses, localhost and model-runner.docker.internal always work; other "
+        "names get 403 (a DNS-rebinding page cannot reach the API).",
+    ),
+    Setting(
         "keep_alive",
         300.0,
         parse_duration,
@@ -361,6 +370,7 @@ class Config:
     models_path: str = "~/.docker/models"
     llama_server_path: str = ""
     origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     keep_alive: float = 300.0
     default_context_size: int = 4096
     load_timeout_seconds: float = 600.0

@@ -120,3 +120,21 @@ def test_error_shape_over_curl(curl: str, daemon: Daemon) -> None:
     body, _, status = done.stdout.rpartition("\n")
     assert status == "404"
     assert json.loads(body)["error"]["code"] == "model_not_found"
+
+
+def test_a_dns_rebinding_host_is_refused(curl: str, daemon: Daemon) -> None:
+    """A request naming the daemon by a foreign name (what a DNS-rebinding page sends) gets 403
+    host_not_allowed on /logs and /models; localhost and the address are served."""
+    for path in ("/logs", "/models"):
+        done = run_curl(
+            curl, "--write-out", "\n%{http_code}", "-H", "Host: rebind.evil.example:12434",
+            daemon.url(path),
+        )  # fmt: skip
+        body, _, status = done.stdout.rpartition("\n")
+        assert status == "403", done.stdout
+        assert json.loads(body)["error"]["code"] == "host_not_allowed"
+    for host in ("localhost", "127.0.0.1"):
+        done = run_curl(
+            curl, "--write-out", "\n%{http_code}", "-H", f"Host: {host}", daemon.url("/models")
+        )
+        assert done.stdout.rpartition("\n")[2] == "200", done.stdout

@@ -91,6 +91,9 @@ def build_harness(**settings: Any) -> ApiHarness:
         "stop_grace_seconds": 2.0,
     }
     values.update(settings)
+    # Falcon's test client names the server "falconframework.org": a host name like any other,
+    # which the Host check would refuse (tests/component/test_host_check.py tests that check).
+    values.setdefault("allowed_hosts", ("falconframework.org",))
     config = Config(**values)
     store = Store(config.store_root)
     record = add_tiny_model(store, workdir)
