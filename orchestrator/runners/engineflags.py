@@ -59,7 +59,6 @@ ALLOWED_FLAGS: frozenset[str] = frozenset(
     --no-webui --metrics --props --slots --no-slots
     --embedding --embeddings --rerank --reranking -sps --slot-prompt-similarity
     -cmoe --cpu-moe -ncmoe --n-cpu-moe --check-tensors --op-offload --no-op-offload
-    -v --verbose -lv --verbosity --log-verbosity
     """.split()  # noqa: SIM905 - one flag family per line reads better than a list literal
 )
 
@@ -152,10 +151,11 @@ def _reject(flag: str, why: str) -> InvalidRequestError:
 def validate_runtime_flags(flags: Sequence[object]) -> tuple[str, ...]:
     """Check ``_configure`` runtime flags against the allow-list and return them as a tuple.
 
-    Rules (DMR's, tightened): a token starting with ``-`` is a flag key (text before ``=``)
-    unless it is a negative number (``-1``, ``-0.5``: a value); every key must be in
-    :data:`ALLOWED_FLAGS`; no token may contain ``/``, ``\\`` or a NUL byte (no paths); in
-    ``--flag=value`` the value must not start with ``-`` unless a digit follows.
+    Rules (DMR's, tightened): a token starting with ``-`` is a flag unless it is a negative
+    number (``-1``, ``-0.5``: a value); every flag must be in :data:`ALLOWED_FLAGS`; no token
+    may contain ``/``, ``\\`` or a NUL byte (no paths); ``--flag=value`` is refused (llama-server
+    takes the value as the next item and would refuse to start); the flags in
+    :data:`BOUNDED_FLAGS` need an integer value within their bounds.
 
     Raises:
         InvalidRequestError: A token breaks a rule (``param`` is ``runtime-flags``).
@@ -172,12 +172,44 @@ def validate_runtime_flags(flags: Sequence[object]) -> tuple[str, ...]:
         if "\x00" in flag:
             raise _reject(flag, "it contains a NUL byte")
         if flag.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(flag):
-            key, has_value, value = flag.partition("=")
+            key, has_value, _value = flag.partition("=")
             if key in MANAGED_FLAGS:
                 raise _reject(flag, "the daemon sets it itself")
             if key not in ALLOWED_FLAGS:
                 raise _reject(flag, "it is not on the allow-list of llama-server flags")
-            if has_value and value.startswith("-") and not value[1:2].isdigit():
-                raise _reject(flag, "a value may only start with '-' when a digit follows")
+            if has_value:
+                raise _reject(
+                    flag, f"llama-server takes the value as the next item: write {key!r} and "
+                    f"the value as two items"
+                )  # fmt: skip
         checked.append(flag)
+    _check_bounds(checked)
     return tuple(checked)
+
+
+BOUNDED_FLAGS: dict[str, tuple[int, int, str]] = {
+    "-cram": (0, 1 << 20, "the memory guard counts it; -1 (no limit) cannot be budgeted"),
+    "--cache-ram": (0, 1 << 20, "the memory guard counts it; -1 (no limit) cannot be budgeted"),
+    "--threads-http": (1, 64, "every HTTP thread of the runner holds memory and a file"),
+    "--prio": (-1, 2, "3 (realtime) can starve the host"),
+    "--prio-batch": (0, 2, "3 (realtime) can starve the host"),
+}
+"""Flags whose value must be an integer in ``[low, high]``, and why the bounds are there."""
+
+
+def _check_bounds(flags: Sequence[str]) -> None:
+    for index, flag in enumerate(flags):
+        bounds = BOUNDED_FLAGS.get(flag)
+        if bounds is None:
+            continue
+        low, high, why = bounds
+        value = flags[index + 1] if index + 1 < len(flags) else None
+        try:
+            number = int(value) if value is not None else None
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            shown = "no value" if value is None else repr(value)
+            raise _reject(
+                flag, f"it needs a whole number from {low} to {high}, got {shown} ({why})"
+            )

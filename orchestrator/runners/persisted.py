@@ -293,7 +293,16 @@ class RunnerConfigStore:
             try:
                 data = json.loads(raw)
                 for item in data["configs"]:
-                    settings = RunnerSettings.from_json(item)
+                    try:
+                        settings = RunnerSettings.from_json(item)
+                    except InvalidRequestError as ex:
+                        # Flags an older version accepted and this one refuses (``--flag=value``,
+                        # verbose logging): drop that entry, keep the others.
+                        log.warning(
+                            "runner settings dropped, no longer accepted model=%s reason=%s",
+                            item.get("model_id"), ex.message,
+                        )  # fmt: skip
+                        continue
                     entries[(str(item["model_id"]), settings.mode)] = settings
             except (ValueError, KeyError, TypeError, InvalidRequestError) as ex:
                 aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")

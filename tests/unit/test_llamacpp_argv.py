@@ -161,9 +161,10 @@ def test_pooling_from_model_config(config: dict[str, Any], expected: str) -> Non
 
 ACCEPTED_FLAGS = [
     ["--temp", "0.7"],
-    ["--threads=4"],
+    ["--threads", "4"],
     ["--reasoning-budget", "-1"],
-    ["--seed=-1"],
+    ["--seed", "-1"],
+    ["-cram", "0", "--threads-http", "8", "--prio", "2", "--prio-batch", "0"],
     ["--rope-freq-scale", "-0.5"],
     ["-ngl", "0", "-fa", "on"],
     ["--chat-template-kwargs", '{"enable_thinking": false}'],
@@ -192,9 +193,18 @@ REJECTED_FLAGS = [
     (["--lora", "adapter"], "allow-list"),
     (["-hf", "org"], "allow-list"),
     (["--bogus"], "allow-list"),
-    (["--seed=--log-file=x"], "only start with '-'"),
-    (["--seed=-l"], "only start with '-'"),
-    (["--temp=-"], "only start with '-'"),
+    (["--seed=--log-file=x"], "two items"),  # llama-server has no --flag=value form
+    (["--seed=-l"], "two items"),
+    (["--threads=4"], "two items"),
+    (["-v"], "allow-list"),  # verbose logging writes every prompt and answer into /logs
+    (["--verbose"], "allow-list"),
+    (["-lv", "4"], "allow-list"),
+    (["--log-verbosity", "4"], "allow-list"),
+    (["-cram", "-1"], "from 0 to"),  # unlimited: nothing to budget
+    (["--threads-http", "1000000"], "from 1 to 64"),
+    (["--prio", "3"], "from -1 to 2"),  # realtime
+    (["--prio"], "no value"),
+    (["--cache-ram", "lots"], "'lots'"),
     (["--threads=4\x00"], "NUL"),
     ([7], "must be strings"),
 ]
@@ -221,7 +231,7 @@ def test_every_memory_flag_spelling_is_allowed_or_managed() -> None:
 
 def test_the_estimate_reads_back_what_build_argv_wrote() -> None:
     bundle = StubBundle(root=BUNDLE_DIR, gguf_path=BUNDLE_DIR / "model.gguf", config={})
-    settings = RunnerSettings(context_size=2048, runtime_flags=("-np", "2", "--cache-ram=64", "-no-kvu"))
+    settings = RunnerSettings(context_size=2048, runtime_flags=("-np", "2", "--cache-ram", "64", "-no-kvu"))
     argv = build_argv(engine_path=ENGINE, bundle=bundle, mode="completion", socket_path=SOCKET, settings=settings)
     options = engine_options(argv)
     assert options["context_size"] == "2048"

@@ -158,10 +158,16 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
     assert RunnerConfigStore(path).get("sha256:cc", "completion") == RunnerSettings(context_size=1024)
 
 
-def test_stored_flag_no_longer_allowed_is_treated_as_corrupt(tmp_path: Path) -> None:
+def test_a_stored_entry_no_longer_allowed_is_dropped_and_the_others_kept(tmp_path: Path) -> None:
+    """After an upgrade that tightens the allow-list, only the refused entries go."""
     path = tmp_path / "runner-configs.json"
-    path.write_text(json.dumps({"version": 1, "configs": [{"model_id": "sha256:dd", "mode": "completion", "runtime_flags": ["--log-file", "x"]}]}))
-    assert RunnerConfigStore(path).items() == []
+    refused = [["--log-file", "x"], ["--threads=4"], ["-v"]]
+    configs = [{"model_id": f"sha256:d{i}", "mode": "completion", "runtime_flags": flags} for i, flags in enumerate(refused)]
+    configs.append({"model_id": "sha256:ok", "mode": "completion", "runtime_flags": ["--temp", "0.5"]})
+    path.write_text(json.dumps({"version": 1, "configs": configs}))
+    store = RunnerConfigStore(path)
+    assert store.items() == [("sha256:ok", RunnerSettings(runtime_flags=("--temp", "0.5")))]
+    assert path.exists() and not list(tmp_path.glob("*.corrupt-*"))  # not treated as corrupt
 
 
 def test_unwritable_directory_raises_store_error(tmp_path: Path) -> None:
