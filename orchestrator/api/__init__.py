@@ -44,17 +44,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchestrator.api.shared import ApiContext, RegistryFactory
-
 if TYPE_CHECKING:
     import falcon
 
-__all__ = ["ApiContext", "RegistryFactory", "add_routes"]
+    from orchestrator.api.shared import ApiContext
 
 
 def add_routes(app: falcon.App, ctx: ApiContext) -> None:
     """Register every route of the table above on ``app``."""
-    # Imported here so that importing the package (for ApiContext) stays cheap.
+    # Imported here: every api module loads this package first, and a module such as
+    # api.shared must not drag every resource (and their imports) in with it.
     from orchestrator.api import engines, health, logs, metrics, models, openai, ui
 
     app.add_route("/", health.RootResource())

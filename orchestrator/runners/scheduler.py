@@ -143,8 +143,7 @@ class Scheduler:
                 config.default_model,
                 table=self._table,
                 find=store.find,
-                load=lambda record: self._acquire(record, "completion", default_model=True)
-                .release(),
+                load=self._load_default_model,
             )
             if config.default_model
             else None
@@ -195,6 +194,10 @@ class Scheduler:
             self.chores.join()
             self._launcher.close()
             self.memory.close()
+
+    def _load_default_model(self, record: RecordLike) -> None:
+        """Start the default model's runner and let it idle (it never times out)."""
+        self._acquire(record, "completion", default_model=True).release()
 
     # --- leases ----------------------------------------------------------------------------
 

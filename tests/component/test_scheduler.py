@@ -31,25 +31,13 @@ from orchestrator.runners.persisted import RunnerSettings
 from orchestrator.runners.process import KILL_WAIT_SECONDS
 from orchestrator.runners.scheduler import Scheduler
 from orchestrator.settings import Config
-from orchestrator.unixhttp import UnixHTTPConnection
 from tests.fakes.store_stub import StubRecord, StubStore
+from tests.support.engine_http import engine_request
 from tests.support.processes import is_gone, stop_process, wait_until
 from tests.support.runner_views import configurations, ps
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_ENGINE = REPO / "tests" / "fakes" / "fake_llama_server.py"
-
-
-def request(socket_path: str, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-    """Send one HTTP request to a runner socket and return (status, body)."""
-    connection = UnixHTTPConnection(socket_path, timeout=5.0)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 @pytest.fixture
@@ -115,8 +103,8 @@ def test_concurrent_first_requests_start_one_process(
 def test_runner_serves_http_on_its_socket(make_scheduler: Callable[..., Scheduler], record: StubRecord) -> None:
     scheduler = make_scheduler()
     with scheduler.acquire(record, "completion") as lease:
-        assert request(lease.socket_path, "GET", "/health") == (200, b'{"status": "ok"}')
-        status, body = request(lease.socket_path, "GET", "/fake/argv")
+        assert engine_request(lease.socket_path, "GET", "/health") == (200, b'{"status": "ok"}')
+        status, body = engine_request(lease.socket_path, "GET", "/fake/argv")
         argv = json.loads(body)["argv"]
         assert status == 200 and argv[argv.index("--ctx-size") + 1] == "2048"
         assert lease.runner.context_size == 2048
@@ -235,14 +223,14 @@ def test_crashed_runner_is_removed_and_next_acquire_starts_fresh(
     lease = scheduler.acquire(record, "completion")
     first_pid = lease.runner.pid
     with pytest.raises((http.client.HTTPException, OSError)):
-        request(lease.socket_path, "POST", "/fake/crash", {})
+        engine_request(lease.socket_path, "POST", "/fake/crash", {})
     lease.report_crash()
     assert ps(scheduler) == []  # removed at once, even though the lease is still held
     lease.release()
     assert scheduler.stats.snapshot().stops["crash"] == 1
     with scheduler.acquire(record, "completion") as fresh:
         assert fresh.runner.pid != first_pid
-        assert request(fresh.socket_path, "GET", "/health")[0] == 200
+        assert engine_request(fresh.socket_path, "GET", "/health")[0] == 200
 
 
 def test_runner_killed_while_idle_is_dropped_by_the_scheduler(
@@ -316,7 +304,7 @@ def test_configure_conflicts_while_busy_and_restarts_idle_runner(
     assert ps(scheduler) == []  # idle runner evicted so the next start uses the new args
     assert old_pid is not None and is_gone(old_pid)
     with scheduler.acquire(record, "completion") as lease:
-        argv = json.loads(request(lease.socket_path, "GET", "/fake/argv")[1])["argv"]
+        argv = json.loads(engine_request(lease.socket_path, "GET", "/fake/argv")[1])["argv"]
         assert argv[argv.index("--ctx-size") + 1] == "1024" and "--temp" in argv
     scheduler.management.configure(record, settings)  # unchanged: the idle runner stays
     assert len(ps(scheduler)) == 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import shutil
 import subprocess
 import tempfile
@@ -16,26 +14,12 @@ from orchestrator.gguf import read_gguf
 from orchestrator.memory.estimate import estimate
 from orchestrator.memory.footprint import Footprint, measure_footprint
 from orchestrator.memory.nvml import NvmlProbe
-from orchestrator.unixhttp import UnixHTTPConnection
+from tests.support.engine_http import engine_status
 from tests.support.processes import stop_process, wait_until
 
 pytestmark = pytest.mark.llama_server
 
 MiB = 1024 * 1024
-
-
-def _request(path: str, method: str, url: str, body: object = None, timeout: float = 5.0) -> int:
-    connection = UnixHTTPConnection(path, timeout)
-    try:
-        payload = json.dumps(body) if body is not None else None
-        connection.request(method, url, body=payload, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    except (OSError, http.client.HTTPException):
-        return 0
-    finally:
-        connection.close()
 
 
 Starter = Callable[[int], tuple["subprocess.Popen[bytes]", str]]
@@ -58,7 +42,7 @@ def start_server(llama_server_bin: Path, smollm2_gguf: Path) -> Iterator[Starter
             )  # fmt: skip
         started.append(proc)
         ready = wait_until(
-            lambda: proc.poll() is not None or _request(sock, "GET", "/health") == 200, timeout=120
+            lambda: proc.poll() is not None or engine_status(sock, "GET", "/health") == 200, timeout=120
         )
         assert ready and proc.poll() is None, (workdir / f"c{context_size}.log").read_text()[-2000:]
         return proc, sock
@@ -89,7 +73,7 @@ def test_estimate_is_close_to_measured_rss_at_two_context_sizes(
         # A prompt longer than one 512-token micro-batch makes the engine use its whole compute
         # buffer once.
         prompt = " ".join(f"word{i}" for i in range(200))
-        status = _request(sock, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 4}, 120)
+        status = engine_status(sock, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 4}, 120)
         assert status == 200
         served = _measure(proc)
         stop_process(proc)

@@ -9,7 +9,6 @@ prompt cache, which one prompt barely uses) must be within 20 % of the runner's 
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -22,8 +21,8 @@ from orchestrator.memory.footprint import measure_footprint
 from orchestrator.memory.guard import MemoryGuard, RamReading
 from orchestrator.runners.llamacpp import build_argv
 from orchestrator.runners.memoryplan import MemoryPlanner, prompt_cache_mib_for
-from orchestrator.unixhttp import UnixHTTPConnection
 from tests.fakes.store_stub import StubBundle
+from tests.support.engine_http import engine_status
 from tests.support.gguf_shapes import SHAPES, Shape, write_shape
 from tests.support.processes import stop_process, wait_until
 
@@ -37,20 +36,6 @@ CONTEXT = 4096
 @pytest.fixture(scope="module")
 def shape_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("shapes")
-
-
-def _request(sock: str, method: str, url: str, body: object = None, timeout: float = 5.0) -> int:
-    connection = UnixHTTPConnection(sock, timeout)
-    try:
-        payload = json.dumps(body) if body is not None else None
-        connection.request(method, url, body=payload, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        response.read()
-        return response.status
-    except OSError:
-        return 0
-    finally:
-        connection.close()
 
 
 def _logged_mib(text: str, what: str) -> float:
@@ -100,11 +85,11 @@ def test_estimate_matches_the_engine_buffers_and_rss(
         )  # fmt: skip
     engines.append(proc)
     ready = wait_until(
-        lambda: proc.poll() is not None or _request(sock, "GET", "/health") == 200, timeout=120
+        lambda: proc.poll() is not None or engine_status(sock, "GET", "/health") == 200, timeout=120
     )
     assert ready and proc.poll() is None, log_path.read_text()[-2000:]
     prompt = " ".join(f"w{i}" for i in range(700))  # more than one micro-batch
-    assert _request(sock, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 8}, 120) == 200
+    assert engine_status(sock, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 8}, 120) == 200
     footprint = measure_footprint(proc.pid)
     assert footprint is not None
     stop_process(proc)

@@ -21,6 +21,7 @@ from orchestrator.runners.scheduler import Scheduler
 from orchestrator.settings import Config
 from orchestrator.unixhttp import UnixHTTPConnection
 from tests.fakes.store_stub import StubRecord, StubStore
+from tests.support.engine_http import engine_request
 
 pytestmark = pytest.mark.llama_server
 
@@ -31,17 +32,6 @@ def is_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def post(socket_path: str, path: str, body: dict[str, object], timeout: float = 60.0) -> tuple[int, bytes]:
-    """POST JSON to a runner socket and return (status, body)."""
-    connection = UnixHTTPConnection(socket_path, timeout=timeout)
-    try:
-        connection.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 @pytest.fixture
@@ -125,19 +115,23 @@ def test_chat_completion_over_the_socket(scheduler: Scheduler, record_and_store:
     """One chat completion through the runner socket answers with generated text, also streamed."""
     record, _ = record_and_store
     with scheduler.acquire(record, "completion") as lease:
-        status, body = post(
+        status, body = engine_request(
             lease.socket_path,
+            "POST",
             "/v1/chat/completions",
             {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 12, "temperature": 0},
+            timeout=60.0,
         )
         assert status == 200, body[:300]
         content = json.loads(body)["choices"][0]["message"]["content"]
         assert isinstance(content, str) and content.strip()
 
-        status, body = post(
+        status, body = engine_request(
             lease.socket_path,
+            "POST",
             "/v1/chat/completions",
             {"messages": [{"role": "user", "content": "Count to three."}], "max_tokens": 8, "stream": True},
+            timeout=60.0,
         )
         events = [line for line in body.decode().splitlines() if line.startswith("data: ")]
         assert status == 200 and events[-1] == "data: [DONE]" and len(events) > 2
@@ -147,7 +141,7 @@ def test_embedding_mode_answers_openai_shaped_embeddings(scheduler: Scheduler, r
     """Embedding mode (--embeddings --pooling mean) returns one vector per input."""
     record, _ = record_and_store
     with scheduler.acquire(record, "embedding") as lease:
-        status, body = post(lease.socket_path, "/v1/embeddings", {"input": ["hello", "world"]})
+        status, body = engine_request(lease.socket_path, "POST", "/v1/embeddings", {"input": ["hello", "world"]}, 60.0)
         assert status == 200, body[:300]
         data = json.loads(body)["data"]
         assert len(data) == 2 and len(data[0]["embedding"]) > 10
