@@ -10,11 +10,12 @@ DEFAULT_MODEL_TAGS := ai/smollm2:135M-Q4_1 ai/smollm2:latest
 .PHONY: run test deps run-deps venv engine engine-cuda model import-default-model lint clean
 
 # Debian packages, installed only when missing. `make run` needs the engine's build tools;
-# `make test` also needs the registry, htpasswd for its basic-auth variant and headless Chromium
-# for the dashboard tests. ccache makes engine rebuilds fast.
+# `make test` also needs the registry, htpasswd for its basic-auth variant, headless Chromium
+# for the dashboard tests and logrotate for the packaged logrotate snippet's tests (by full
+# path: /usr/sbin is not on every user's PATH). ccache makes engine rebuilds fast.
 RUN_PACKAGES := cmake:cmake g++:g++ ccache:ccache curl:curl
 TEST_PACKAGES := $(RUN_PACKAGES) docker-registry:docker-registry htpasswd:apache2-utils \
-	chromium:chromium chromedriver:chromium-driver
+	chromium:chromium chromedriver:chromium-driver /usr/sbin/logrotate:logrotate
 
 define install_missing
 	@missing=""; \

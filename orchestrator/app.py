@@ -16,6 +16,7 @@ import falcon
 
 from orchestrator.api import add_routes
 from orchestrator.api import error_handlers as api_errors
+from orchestrator.api.apikey import ApiKeyMiddleware
 from orchestrator.api.hosts import HostCheckMiddleware, HostPolicy
 from orchestrator.api.middleware import (
     CORSMiddleware,
@@ -41,7 +42,11 @@ def default_registry_factory(config: Config) -> RegistryFactory:
 
     def make(bearer_token: str | None) -> RegistryClient:
         return RegistryClient(
-            insecure_registries=config.insecure_registries, bearer_token=bearer_token
+            insecure_registries=config.insecure_registries,
+            bearer_token=bearer_token,
+            deadline_seconds=config.registry_deadline_seconds,
+            stall_seconds=config.registry_stall_seconds,
+            min_bytes_per_second=config.registry_min_bytes_per_second,
         )
 
     return make
@@ -115,6 +120,9 @@ def create_app(
         # Before anything reads the request: a foreign Host is a DNS-rebinding page.
         HostCheckMiddleware(HostPolicy(config.allowed_hosts)),
         CORSMiddleware(OriginPolicy(config.origins)),
+        # After CORS: a refusal still carries the CORS headers a page needs to read it, and a
+        # preflight (never credentialed) is answered before any key is asked for.
+        ApiKeyMiddleware(config.api_key),
     ]
     app = falcon.App(middleware=middleware)
     app.req_options.keep_blank_qs_values = True

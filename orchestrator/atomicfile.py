@@ -5,6 +5,9 @@ one file system), is synced, gets its mode and is renamed over the target; the d
 then synced so the rename itself survives a power cut. Temporary names are hidden
 (``.<name>.tmp-<random>``) and contain :data:`TEMP_MARK`, which the model store's clean-up of
 leftovers recognises.
+
+Nothing is written through a symlink: the temporary file is created with ``O_CREAT | O_EXCL |
+O_NOFOLLOW``, and the rename replaces a symlink at the target itself, not the file it points to.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ def sync_directory(path: Path) -> None:
 
 
 def _create_temp(path: Path, mode: int) -> tuple[int, Path]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    # O_EXCL: a name someone planted (a symlink to a file of ours, even a dangling one) is
+    # an error, never opened; O_NOFOLLOW says so again for file systems that bend O_EXCL.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(_NAME_ATTEMPTS):
         temp = path.with_name(f".{path.name}{TEMP_MARK}{secrets.token_hex(6)}")
         try:

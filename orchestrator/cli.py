@@ -72,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     overrides = {setting.name: getattr(args, setting.name, None) for setting in SETTINGS}
     config = load(config_file=args.config_file, overrides=overrides)
+    from orchestrator.runtimedir import prepare_runtime_dir
     from orchestrator.server import run  # gunicorn is imported only for the daemon
 
+    # Before anything listens or forks: a runtime directory another user controls is refused.
+    prepare_runtime_dir(config)
     return run(config)
 
 

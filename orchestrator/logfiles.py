@@ -12,17 +12,45 @@ daemon writes a timestamped line into that file when it starts and when it reaps
 so ``/logs`` can merge all files chronologically.
 
 We always print nine fraction digits (Go trims trailing zeros) so that timestamps sort as text.
+
+Size caps (``log_max_size``, ``log_backups``): every file here is rotated in-process when it
+reaches the cap, to ``<name>.log.1`` (the newest) ... ``<name>.log.<backups>``, so a busy or
+long-running daemon cannot fill the disk without logrotate. The two kinds need two methods:
+
+* the daemon log is ours: :class:`CappedFileHandler` renames it away and reopens. gunicorn's
+  master and worker both write it, each through its own handler; a rotation happens under an
+  ``flock`` on the file and only if the path still names the full file, and every handler
+  reopens the path when it no longer names the file it holds (as ``WatchedFileHandler`` does),
+  so two processes never rotate twice or keep writing into ``.1``;
+* an engine log is written by llama-server through a descriptor it inherited, which nothing can
+  reopen for it: :func:`rotate_in_place` copies the file to ``.1`` and truncates it in place
+  ("copytruncate"). The descriptor is ``O_APPEND`` (opened ``"ab"``), so the engine's next write
+  lands at the new end of file, not at its old offset; a line written between the copy and the
+  truncation is lost, a window of microseconds. A pipe read by the daemon would bound the file
+  exactly, but llama-server would then block whenever the daemon does not drain the pipe (and
+  die with it); the file keeps the engine independent of the daemon. The daemon log's handler
+  checks the engine logs of its directory every :data:`ENGINE_CHECK_SECONDS` while it writes
+  (every request writes an access line), and once when logging is set up.
+
+The packaged service adds /etc/logrotate.d/docker-model-runner (weekly, compressed, ``dateext``
+names that never collide with these ``.log.N`` ones, ``copytruncate``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import logging.handlers
 import os
 import re
+import shutil
+import stat
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -35,6 +63,12 @@ _HANDLER_TAG = "_orchestrator_handler"
 _TAIL_BLOCK_BYTES = 8192
 _TIMESTAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z)\] ")
 ZERO_TIME = "0001-01-01T00:00:00Z"
+# Defaults of the log_max_size and log_backups settings (tests check that they agree).
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_BACKUPS = 3
+# How often, at most, the daemon log's handler looks at the engine logs' sizes.
+ENGINE_CHECK_SECONDS = 5.0
+_COPY_CHUNK_BYTES = 1 << 20
 
 
 def format_timestamp(ns: int | None = None) -> str:
@@ -76,11 +110,234 @@ class LineFormatter(logging.Formatter):
         return "\n".join([line, *("    " + extra for extra in rest)])
 
 
-def setup_logging(log_dir: Path, level: str = "info", *, stream: TextIO | None = None) -> Path:
+def backup_path(path: Path, number: int) -> Path:
+    """Return rotated copy ``number`` of ``path`` (``inference.log.1`` is the newest)."""
+    return path.with_name(f"{path.name}.{number}")
+
+
+def _shift_backups(path: Path, backups: int) -> None:
+    """Rename ``.1`` .. ``.<backups - 1>`` one number up; the oldest is replaced."""
+    for number in range(backups - 1, 0, -1):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(backup_path(path, number), backup_path(path, number + 1))
+
+
+def _copy_to_backup(fd: int, path: Path, mode: int) -> None:
+    """Write the content of ``fd`` (from byte 0) to ``<path>.1`` (``mode``) via a temp file."""
+    target = backup_path(path, 1)
+    temp_fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{target.name}.tmp-")
+    try:
+        os.fchmod(temp_fd, mode)
+        with open(fd, "rb", closefd=False) as source, open(temp_fd, "wb") as temp:
+            source.seek(0)
+            shutil.copyfileobj(source, temp, _COPY_CHUNK_BYTES)
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        raise
+
+
+def rotate_in_place(path: Path, max_bytes: int, backups: int) -> bool:
+    """Copy ``path`` to ``<path>.1`` and truncate it, if it holds ``max_bytes`` or more.
+
+    For a log that another process writes through its own ``O_APPEND`` descriptor (an engine
+    log): renaming it would not stop that process writing into the renamed file. With
+    ``backups`` 0 the file is only emptied. A file another caller is rotating right now (an
+    ``flock`` is held) is left to it; links and non-regular files are never touched.
+
+    Returns:
+        Whether the file was rotated.
+
+    Raises:
+        OSError: The copy or the truncation failed (the file is then left as it was, or
+            rotated without its last lines if only the truncation failed).
+    """
+    if max_bytes <= 0:
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False  # gone, a link, or not ours
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size < max_bytes:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # Re-read under the lock: the previous holder may have emptied it a moment ago.
+        if os.fstat(fd).st_size < max_bytes:
+            return False
+        if backups > 0:
+            _shift_backups(path, backups)
+            _copy_to_backup(fd, path, stat.S_IMODE(info.st_mode))
+        os.ftruncate(fd, 0)
+        return True
+    finally:
+        os.close(fd)  # releases the flock
+
+
+class EngineLogCap:
+    """Keeps every engine log of a directory under a size, rotating in place.
+
+    Args:
+        log_dir: The log directory.
+        max_bytes: Rotate a log once it holds this many bytes; 0 turns the cap off.
+        backups: Rotated copies kept of each log.
+        interval: :meth:`maybe_enforce` looks at most this often (seconds).
+        clock: Monotonic clock (a seam for tests).
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        max_bytes: int,
+        backups: int,
+        *,
+        interval: float = ENGINE_CHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log_dir = Path(log_dir)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.interval = interval
+        self._clock = clock
+        self._last_check: float | None = None
+        self._busy = threading.Lock()
+
+    def maybe_enforce(self) -> None:
+        """Run :meth:`enforce` if the last run is :attr:`interval` seconds old; never raise."""
+        now = self._clock()
+        last = self._last_check
+        if last is not None and now - last < self.interval:
+            return
+        if not self._busy.acquire(blocking=False):
+            return
+        try:
+            self._last_check = now
+            self.enforce()
+        except OSError:
+            # NOTE(logs): called from a logging handler, which must not log (it would re-enter
+            # itself); a failed rotation is retried at the next interval.
+            pass
+        finally:
+            self._busy.release()
+
+    def enforce(self) -> list[Path]:
+        """Rotate every engine log over the cap; return the ones rotated.
+
+        Raises:
+            OSError: A copy or truncation failed (the logs before it are rotated).
+        """
+        if self.max_bytes <= 0:
+            return []
+        return [
+            path
+            for path in sorted(self.log_dir.glob(f"{ENGINE_LOG_PREFIX}*.log"))
+            if rotate_in_place(path, self.max_bytes, self.backups)
+        ]
+
+
+class CappedFileHandler(logging.handlers.WatchedFileHandler):
+    """Appends to a log file, rotating it when it reaches ``max_bytes`` (see the module doc).
+
+    Like ``WatchedFileHandler``, it reopens the path before each record when the path no longer
+    names the file it holds (logrotate, or another process's rotation). Unlike
+    ``RotatingFileHandler``, it works when several processes write the file: a rotation happens
+    under an ``flock`` of the full file, and only while the path still names it.
+
+    Args:
+        path: The log file.
+        max_bytes: Rotate once the file holds this many bytes; 0 never rotates.
+        backups: Rotated copies kept; 0 empties a full file instead.
+        engine_logs: Also keeps these engine logs under their cap, checked after a write.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        backups: int,
+        engine_logs: EngineLogCap | None = None,
+    ) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.engine_logs = engine_logs
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record``, rotating the file first if it is full."""
+        try:
+            self.reopenIfNeeded()
+            if self.max_bytes > 0 and self.stream is not None:
+                info = os.fstat(self.stream.fileno())
+                if stat.S_ISREG(info.st_mode) and info.st_size >= self.max_bytes:
+                    self._rotate()
+        except OSError:
+            self.handleError(record)
+        logging.FileHandler.emit(self, record)
+        if self.engine_logs is not None:
+            self.engine_logs.maybe_enforce()
+
+    def _rotate(self) -> None:
+        """Rotate the file if the path still names the one this handler writes (see above)."""
+        path = Path(self.baseFilename)
+        # The lock goes on a descriptor of our own: gunicorn's worker inherits the master's
+        # (one open file description, one flock), so locking the stream would exclude nobody.
+        try:
+            lock_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            lock_fd = None
+        if lock_fd is not None:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                # Another process may have rotated it while we waited: then the path names a
+                # new, small file (or the lock is on the old one), and we only reopen.
+                held = os.fstat(lock_fd)
+                try:
+                    named: os.stat_result | None = os.stat(path)
+                except FileNotFoundError:
+                    named = None  # renamed away since we opened it
+                ours = (self.dev, self.ino)
+                if (
+                    named is not None
+                    and (held.st_dev, held.st_ino) == ours == (named.st_dev, named.st_ino)
+                    and named.st_size >= self.max_bytes
+                ):
+                    if self.backups > 0:
+                        _shift_backups(path, self.backups)
+                        os.replace(path, backup_path(path, 1))
+                    else:
+                        os.truncate(path, 0)
+            finally:
+                os.close(lock_fd)  # releases the flock
+        self.reopenIfNeeded()
+
+
+def setup_logging(
+    log_dir: Path,
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    backups: int = DEFAULT_BACKUPS,
+) -> Path:
     """Send the ``orchestrator`` loggers to stderr and ``<log_dir>/inference.log``.
 
     Idempotent: handlers installed by an earlier call are replaced, not duplicated. The file
-    handler reopens the file when it is rotated away (``WatchedFileHandler``).
+    handler reopens the file when it is rotated away and rotates it at ``max_bytes``
+    (:class:`CappedFileHandler`); the engine logs beside it get the same cap, rotated in place
+    (:class:`EngineLogCap`), once now and then as the daemon writes.
+
+    Args:
+        log_dir: The log directory (created if missing).
+        level: debug, info, warning or error.
+        stream: Where the console copy goes (default stderr).
+        max_bytes: The ``log_max_size`` setting; 0 never rotates.
+        backups: The ``log_backups`` setting.
 
     Returns:
         The daemon log file path.
@@ -102,10 +359,12 @@ def setup_logging(log_dir: Path, level: str = "info", *, stream: TextIO | None =
         if getattr(handler, _HANDLER_TAG, False):
             logger.removeHandler(handler)
             handler.close()
+    engine_logs = EngineLogCap(log_dir, max_bytes, backups)
+    engine_logs.maybe_enforce()
     formatter = LineFormatter()
     handlers: list[logging.Handler] = [
         logging.StreamHandler(stream if stream is not None else sys.stderr),
-        logging.handlers.WatchedFileHandler(path, encoding="utf-8"),
+        CappedFileHandler(path, max_bytes=max_bytes, backups=backups, engine_logs=engine_logs),
     ]
     for handler in handlers:
         handler.setFormatter(formatter)
@@ -142,7 +401,8 @@ def tail(path: Path, lines: int = 40, *, start: int = 0) -> list[str]:
     Args:
         path: The file.
         lines: How many lines at most.
-        start: Ignore everything before this byte offset (the start of one run's output).
+        start: Ignore everything before this byte offset (the start of one run's output);
+            when the file is shorter than that now, it was rotated in place and is read whole.
     """
     if lines <= 0:
         return []
@@ -150,6 +410,9 @@ def tail(path: Path, lines: int = 40, *, start: int = 0) -> list[str]:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
             position = handle.tell()
+            if start > position:
+                # Truncated since ``start`` was taken (rotate_in_place): all of it is newer.
+                start = 0
             data = b""
             while position > start and data.count(b"\n") <= lines:
                 step = min(_TAIL_BLOCK_BYTES, position - start)

@@ -20,6 +20,7 @@ import functools
 import http.client
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from orchestrator import unixhttp
 from orchestrator.errors import (
+    InvalidRequestError,
     OrchestratorError,
     RunnerCrashedError,
     RunnerTimeoutError,
@@ -75,6 +77,10 @@ _DROP_REQUEST = HOP_BY_HOP | {
 # gunicorn writes its own Date and Server; two of each would confuse clients.
 _DROP_RESPONSE = HOP_BY_HOP | {"date", "server"}
 _BODILESS = frozenset({204, 304})
+# An engine 500 small enough to read whole, to tell a request it could not parse from a failure.
+MAX_ENGINE_ERROR_BYTES = 64 * 1024
+# llama-server's wording when it cannot read a field of the request (it answers 500 for these).
+_ENGINE_PARSE_FAILURE = re.compile(r"Failed to parse (?P<field>[A-Za-z_]+)")
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 
 # Streams in flight, so shutdown can cut them before it stops the runners (llama-server
@@ -372,6 +378,72 @@ class ProxyStream:
             self._finish()
 
 
+def engine_rejection(body: bytes) -> InvalidRequestError | None:
+    """Return the 400 for an engine 500 that says it could not parse the request, else ``None``.
+
+    llama-server answers 500 when a field of an OpenAI request has the wrong shape (``messages``
+    with a number for ``content``, ``tools`` that is not a list, a tool call without a
+    ``type``): ``{"error": {"code": 500, "message": "Failed to parse messages: ..."}}``. That is
+    the client's mistake, so the client gets our 400 naming the field, with the engine's words.
+    """
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(message, str):
+        return None
+    match = _ENGINE_PARSE_FAILURE.match(message)
+    if match is None:
+        return None
+    field = match.group("field")
+    return InvalidRequestError(
+        f"the engine could not read {field!r} in the request ({message.strip()}); send it in "
+        "the OpenAI format",
+        param=field,
+    )
+
+
+def _finish_engine_error(
+    req: falcon.Request,
+    resp: falcon.Response,
+    conn: http.client.HTTPConnection,
+    upstream: http.client.HTTPResponse,
+    lease: LeaseLike,
+    timer: TimerLike | None,
+    model: str,
+) -> None:
+    """Answer an engine 500 (read whole): our 400 for a request it could not parse, else as is.
+
+    Raises:
+        InvalidRequestError: The engine could not parse the request.
+        RunnerCrashedError: The runner died while sending its error.
+    """
+    try:
+        body = upstream.read(MAX_ENGINE_ERROR_BYTES)
+    except (OSError, http.client.HTTPException) as ex:
+        if timer is not None:
+            timer.status = RunnerCrashedError.status
+        lease.report_crash()
+        raise RunnerCrashedError(
+            f"the runner of model {model!r} stopped while answering; retry the request",
+            details={"error": repr(ex)},
+        ) from ex
+    finally:
+        conn.close()
+        lease.release()
+        if timer is not None:
+            timer.finish()
+    rejection = engine_rejection(body)
+    if rejection is not None:
+        if timer is not None:
+            timer.status = rejection.status
+        raise rejection
+    resp.status = upstream.status
+    headers = _response_headers(upstream)
+    resp.set_headers([(name, value) for name, value in headers if name.lower() != "content-length"])
+    resp.data = body if req.method != "HEAD" else None
+
+
 def abort_streams() -> int:
     """Cut every stream in flight (daemon shutdown); return how many there were."""
     with _active_lock:
@@ -454,9 +526,13 @@ def forward(
             timer.finish()
         raise
 
-    resp.status = upstream.status
     if timer is not None:
         timer.status = upstream.status
+    length = upstream.length
+    if upstream.status == 500 and length is not None and length <= MAX_ENGINE_ERROR_BYTES:
+        _finish_engine_error(req, resp, conn, upstream, lease, timer, model)
+        return
+    resp.status = upstream.status
     content_type = upstream.getheader("Content-Type") or ""
     resp.set_headers(_response_headers(upstream))
     resp.set_header("X-Accel-Buffering", "no")

@@ -1,15 +1,21 @@
 """Serve the API under gunicorn with fixed settings (house style 3.3).
 
-One gthread worker: ``threads`` = ``max_concurrent_requests`` is the concurrency limit (each
-stream holds a thread), no worker recycling (it would kill every runner), no preloading (the
-app and the :class:`Scheduler` are built in :meth:`DaemonApplication.load`, which runs in the
-worker after the fork: the master's ``waitpid(-1)`` must never see a runner).
+One worker, our :class:`~orchestrator.httpserver.worker.LaneWorker` (issue 12: gthread let slow
+clients and long streams take every thread): an event loop reads request heads under deadlines
+and hands complete requests to two lanes of threads, ``control_threads`` for management and
+``max_concurrent_requests`` for inference and transfers. No worker recycling (it would kill every
+runner), no preloading (the app and the :class:`Scheduler` are built in
+:meth:`DaemonApplication.load`, which runs in the worker after the fork: the master's
+``waitpid(-1)`` must never see a runner).
 
 Shutdown: on ``SIGTERM`` the master tells the worker to stop; the worker stops accepting and
 lets in-flight requests finish for :data:`DRAIN_SECONDS`. Then our timer cuts the streams still
 open (their clients get an error event), gives llama-server a moment to cancel those tasks (it
 does not honour SIGTERM in the middle of one), and stops every runner; ``worker_exit`` runs the
 same idempotent shutdown as the last word. All of it fits in the master's ``graceful_timeout``.
+
+TLS (optional, as in DMR): with ``tls_cert`` and ``tls_key`` the worker also listens on
+``tls_port`` on the same addresses and speaks TLS 1.2+ there; the plain port stays.
 
 systemd readiness: gunicorn's arbiter sends ``READY=1`` to ``$NOTIFY_SOCKET`` itself once its
 listeners are bound (20.1 and later), so we add nothing (a worker's message would be dropped
@@ -22,6 +28,7 @@ import logging
 import math
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 from gunicorn.app.base import BaseApplication
 
+from orchestrator.errors import ConfigError
+from orchestrator.httpserver.worker import FrontDoorLimits
 from orchestrator.logfiles import setup_logging
 from orchestrator.proxy import abort_streams
 
@@ -65,11 +74,18 @@ def default_hosts() -> list[str]:
     return hosts
 
 
+def tls_enabled(config: Config) -> bool:
+    """Return whether the TLS listener is configured (certificate and key both given)."""
+    return bool(config.tls_cert and config.tls_key)
+
+
 def bind_addresses(config: Config) -> list[str]:
-    """Return gunicorn ``bind`` entries: every host on ``config.port``, then the socket."""
+    """Return gunicorn ``bind`` entries: every host on ``config.port`` (and on ``tls_port``
+    when TLS is configured), then the socket."""
     hosts = list(config.host) or default_hosts()
+    ports = [config.port] + ([config.tls_port] if tls_enabled(config) else [])
     binds = [
-        f"[{host}]:{config.port}" if ":" in host else f"{host}:{config.port}" for host in hosts
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for port in ports for host in hosts
     ]
     if config.socket:
         binds.append(f"unix:{config.socket}")
@@ -99,8 +115,7 @@ class DaemonApplication(BaseApplication):  # type: ignore[misc]
         settings: dict[str, Any] = {
             "bind": bind_addresses(self.config),
             "workers": 1,
-            "worker_class": "gthread",
-            "threads": max(1, self.config.max_concurrent_requests),
+            "worker_class": "orchestrator.httpserver.worker.LaneWorker",
             "max_requests": 0,
             "preload_app": False,
             "graceful_timeout": math.ceil(graceful_timeout_seconds(self.config)),
@@ -119,6 +134,21 @@ class DaemonApplication(BaseApplication):  # type: ignore[misc]
         for key, value in settings.items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)
+
+    def front_door_limits(self) -> FrontDoorLimits:
+        """Return the worker's deadlines and lane sizes (called in the worker)."""
+        return FrontDoorLimits(
+            header_timeout=self.config.header_timeout,
+            client_timeout=self.config.client_timeout,
+            keepalive=float(self.cfg.keepalive),
+            control_threads=self.config.control_threads,
+            work_threads=max(1, self.config.max_concurrent_requests),
+            tls_port=self.config.tls_port if tls_enabled(self.config) else 0,
+        )
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """Return the TLS listener's context, or ``None`` without TLS."""
+        return server_tls_context(self.config) if tls_enabled(self.config) else None
 
     def load(self) -> Callable[..., Any]:
         """Build the store, the scheduler and the app (in the worker, after the fork)."""
@@ -164,9 +194,43 @@ class DaemonApplication(BaseApplication):  # type: ignore[misc]
         self.shutdown_runners("worker exit")
 
 
+def server_tls_context(config: Config) -> ssl.SSLContext:
+    """Return a server context for TLS 1.2 and later with the configured certificate.
+
+    Raises:
+        ConfigError: The certificate or key cannot be read or do not match.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as ex:
+        raise ConfigError(
+            f"cannot use the TLS certificate {config.tls_cert!r} with key {config.tls_key!r}: "
+            f"{ex}; check MODEL_RUNNER_TLS_CERT and MODEL_RUNNER_TLS_KEY (PEM files the daemon "
+            "user can read, the key matching the certificate)"
+        ) from ex
+    return context
+
+
 def run(config: Config) -> int:
-    """Run the daemon in the foreground until it is stopped; return the exit status."""
-    setup_logging(config.log_path, config.log_level)
+    """Run the daemon in the foreground until it is stopped; return the exit status.
+
+    Raises:
+        ConfigError: Only one of the TLS certificate and key is set, or they are unusable.
+    """
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError(
+            "TLS needs both MODEL_RUNNER_TLS_CERT and MODEL_RUNNER_TLS_KEY; set both or neither"
+        )
+    if tls_enabled(config):
+        server_tls_context(config)  # refuse a bad certificate before anything listens
+    setup_logging(
+        config.log_path,
+        config.log_level,
+        max_bytes=config.log_max_size,
+        backups=config.log_backups,
+    )
     log.info("starting binds=%s store=%s", ",".join(bind_addresses(config)), config.store_root)
     try:
         DaemonApplication(config).run()

@@ -10,6 +10,8 @@ Precedence, lowest first: defaults < config file < environment < command line.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -23,6 +25,8 @@ from orchestrator.memory.sizes import check_reserve, parse_size
 
 DEFAULT_CONFIG_FILE = "/etc/docker-model-runner/config.yaml"
 MiB = 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 # --- converters: each raises ValueError with a short reason; load() adds key and source ----
@@ -49,6 +53,13 @@ def _to_positive_float(value: object) -> float:
     number = float(str(value).strip())
     if number <= 0:
         raise ValueError("expected a number greater than 0")
+    return number
+
+
+def _to_positive_int(value: object) -> int:
+    number = _to_int(value)
+    if number < 1:
+        raise ValueError("expected a whole number of 1 or more")
     return number
 
 
@@ -123,9 +134,15 @@ def parse_duration(value: object) -> float:
         parse_duration(magnitude)
         return -1.0
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        # float() also takes "nan", "inf" and "1e400" (which overflows to inf): none is a
+        # duration, and a stored one breaks every later comparison and rendering.
+        if not math.isfinite(number):
+            raise ValueError("expected a finite duration such as 5m, 1h or -1")
+        return number
     position = 0
     total = 0.0
     for match in _DURATION_PART.finditer(text):
@@ -179,8 +196,14 @@ class Setting:
 
 
 def _default_runtime_dir() -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/model-runner-{os.getuid()}"
-    return str(Path(base) / "model-runner") if os.environ.get("XDG_RUNTIME_DIR") else base
+    """Return ``$XDG_RUNTIME_DIR/model-runner``, else ``/tmp/model-runner-<euid>``.
+
+    The ``/tmp`` name is predictable, so another user may create it first:
+    :func:`orchestrator.runtimedir.prepare_runtime_dir` refuses it then. The effective uid
+    names it because it is the owner that check demands.
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return str(Path(xdg) / "model-runner") if xdg else f"/tmp/model-runner-{os.geteuid()}"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -254,7 +277,62 @@ SETTINGS: tuple[Setting, ...] = (
         64,
         _to_int,
         "DMR_MAX_CONCURRENT_REQUESTS",
-        "Worker threads: the number of requests (streams included) served at once.",
+        "Threads of the work lane: inference requests (streams included), pulls, pushes and "
+        "exports served at once.",
+    ),
+    Setting(
+        "control_threads",
+        16,
+        _to_positive_int,
+        "DMR_CONTROL_THREADS",
+        "Threads kept for short management requests (list, inspect, ps, unload, configure, "
+        "metrics), which stay answered while every inference thread is busy.",
+    ),
+    Setting(
+        "header_timeout",
+        10.0,
+        _to_positive_float,
+        "DMR_HEADER_TIMEOUT",
+        "Seconds a client has to send a request's headers (and a body up to 1 MiB 30 s more); "
+        "no thread waits for it meanwhile.",
+    ),
+    Setting(
+        "client_timeout",
+        60.0,
+        _to_positive_float,
+        "DMR_CLIENT_TIMEOUT",
+        "Seconds one read of a large request body, or one write of a response, may wait for "
+        "the client before the connection is closed.",
+    ),
+    Setting(
+        "api_key",
+        "",
+        _to_str,
+        "DMR_API_KEY",
+        "When set, every request except /, /version and the dashboard's files needs "
+        "'Authorization: Bearer <key>' (or 'x-api-key'); off by default, as in DMR.",
+    ),
+    Setting(
+        "tls_cert",
+        "",
+        _to_path,
+        "MODEL_RUNNER_TLS_CERT",
+        "PEM certificate (chain) of the TLS listener; with tls_key, the daemon also serves "
+        "HTTPS on tls_port.",
+    ),
+    Setting(
+        "tls_key",
+        "",
+        _to_path,
+        "MODEL_RUNNER_TLS_KEY",
+        "PEM private key of the TLS listener.",
+    ),
+    Setting(
+        "tls_port",
+        12444,
+        _to_port,
+        "MODEL_RUNNER_TLS_PORT",
+        "TCP port of the TLS listener (DMR's default 12444), on the same addresses as port.",
     ),
     Setting(
         "runtime_dir",
@@ -355,6 +433,53 @@ SETTINGS: tuple[Setting, ...] = (
         "gets half its KV cache size up to this, counted in the memory estimate; 0 = off, "
         "-1 = the engine's default (8 GiB, not counted).",
     ),
+    Setting(
+        "registry_deadline_seconds",
+        60.0,
+        _to_positive_float,
+        "DMR_REGISTRY_DEADLINE_SECONDS",
+        "Longest a small registry or Hugging Face exchange (manifest, config, token, file list, "
+        "error answer) may take, answer body included.",
+    ),
+    Setting(
+        "registry_stall_seconds",
+        60.0,
+        _to_positive_float,
+        "DMR_REGISTRY_STALL_SECONDS",
+        "Window of the stall rule for blob downloads and uploads (see the next setting).",
+    ),
+    Setting(
+        "registry_min_bytes_per_second",
+        16384.0,
+        _to_positive_float,
+        "DMR_REGISTRY_MIN_BYTES_PER_SECOND",
+        "A blob transfer averaging fewer bytes per second than this over the stall window is "
+        "cut (a pull resumes where it stopped).",
+    ),
+    Setting(
+        "log_max_size",
+        20 * MiB,
+        parse_size,
+        "DMR_LOG_MAX_SIZE",
+        "Size at which the daemon log and each engine log are rotated to <name>.log.1 "
+        "(20MiB, bytes); 0 = never (leave it to logrotate).",
+    ),
+    Setting(
+        "log_backups",
+        3,
+        _to_non_negative_int,
+        "DMR_LOG_BACKUPS",
+        "Rotated copies kept of each log (<name>.log.1 is the newest); 0 = none, a full log "
+        "is emptied.",
+    ),
+    Setting(
+        "max_load_size",
+        256 * 1024 * MiB,
+        parse_size,
+        "DMR_MAX_LOAD_SIZE",
+        "Largest model archive POST /models/load accepts (256GiB, bytes); larger ones get "
+        "413; 0 = no limit.",
+    ),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -376,6 +501,13 @@ class Config:
     load_timeout_seconds: float = 600.0
     stop_grace_seconds: float = 5.0
     max_concurrent_requests: int = 64
+    control_threads: int = 16
+    header_timeout: float = 10.0
+    client_timeout: float = 60.0
+    api_key: str = dataclasses.field(default="", repr=False)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_port: int = 12444
     runtime_dir: str = ""
     log_dir: str = ""
     log_level: str = "info"
@@ -391,6 +523,12 @@ class Config:
     min_residency: float = 30.0
     default_model: str = ""
     prompt_cache_mib: int = 512
+    registry_deadline_seconds: float = 60.0
+    registry_stall_seconds: float = 60.0
+    registry_min_bytes_per_second: float = 16384.0
+    log_max_size: int = 20 * MiB
+    log_backups: int = 3
+    max_load_size: int = 256 * 1024 * MiB
 
     @property
     def store_root(self) -> Path:
@@ -399,7 +537,11 @@ class Config:
 
     @property
     def runtime_path(self) -> Path:
-        """Return the directory for runner sockets and pid files."""
+        """Return the directory for runner sockets and pid files.
+
+        Only a path: the daemon checks it is private once, at start-up
+        (:func:`orchestrator.runtimedir.prepare_runtime_dir`), before anything goes in it.
+        """
         return Path(self.runtime_dir or _default_runtime_dir())
 
     @property
@@ -449,6 +591,15 @@ def load(
         file_path = Path(path or DEFAULT_CONFIG_FILE)
         try:
             loaded = yaml.safe_load(file_path.read_text(encoding="utf-8")) or {}
+        except PermissionError as ex:
+            if path:
+                raise ConfigError(
+                    f"cannot read config file {str(file_path)!r}: {ex.strerror}"
+                ) from ex
+            # The packaged file is 0640 root:docker-model-runner (it may hold DMR_API_KEY): a
+            # user outside that group running the CLI or a daemon of their own goes without it.
+            log.warning("config file not readable by this user, skipped path=%s", file_path)
+            loaded = {}
         except OSError as ex:
             raise ConfigError(f"cannot read config file {str(file_path)!r}: {ex.strerror}") from ex
         except yaml.YAMLError as ex:

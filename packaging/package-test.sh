@@ -5,6 +5,9 @@
 #  2. apt-get install ./docker-model-plugin_*.deb (and the engine .deb when one was built with
 #     `make deb-engine`; else the provisioned engine through LLAMA_SERVER_PATH);
 #  3. checks that every file lands where the unit expects it and `systemd-analyze verify`s it;
+#     that the configuration files (secrets: HF_TOKEN, api_key) are 0640 root:docker-model-runner,
+#     also after a reinstall, and that a reinstall keeps an admin's own override; that the
+#     logrotate snippet parses (logrotate --debug);
 #  4. starts the installed daemon as the unit's ExecStart would (systemd is not PID 1 here):
 #     its User=/Group=, environment (Environment= + EnvironmentFile=), UMask=, NoNewPrivileges=,
 #     the directories it declares, a new session, and a notification socket that must receive
@@ -12,7 +15,7 @@
 #  5. imports the real test model with the installed `model-runner package` as the service
 #     user, answers a chat request with curl, lists models with `docker model`;
 #  6. stops it as systemd would (TERM to the main PID, TimeoutStopSec, then KILL to the
-#     session), checks no engine survives;
+#     session), checks no engine survives; rotates its logs with the packaged logrotate snippet;
 #  7. apt-get purge, and checks that only the system user (kept by policy) remains; purges the
 #     packages the install pulled in (python3-falcon & co), leaving the machine as it was.
 #
@@ -90,14 +93,22 @@ printf '%s (%s)\n%s (%s)\n' "$deb" "$(du -h "$deb" | cut -f1)" "$rpm_file" "$(du
 
 step "rpm contents and scriptlets"
 # The RPM is built in a chroot (build-rpm.sh); reading it here needs the host's rpm.
-apt_install_missing rpm
+# Host tools, installed before the package list is taken (they stay, as rpm does).
+apt_install_missing rpm logrotate
 rpm_list="$(rpm -qlp "$rpm_file")"
 for path in /usr/bin/model-runner /usr/bin/docker-model /usr/libexec/docker/cli-plugins/docker-model \
     /usr/lib/systemd/system/${service}.service /usr/lib/sysusers.d/${service}.conf \
     /usr/lib/tmpfiles.d/${service}.conf /etc/${service}/config.yaml /etc/sysconfig/${service} \
-    /var/lib/${service}/models /usr/share/man/man1/model-runner.1.gz; do
+    /etc/logrotate.d/${service} /var/lib/${service}/models /usr/share/man/man1/model-runner.1.gz; do
     grep -qx "$path" <<<"$rpm_list" || fail "rpm lacks ${path}"
 done
+# Mode, owner, group, path (rpm -qlv would cut the group name to 8 characters).
+rpm_modes="$(rpm -qp --queryformat '[%{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILENAMES}\n]' "$rpm_file")"
+for path in /etc/sysconfig/${service} /etc/${service}/config.yaml; do
+    grep -qxF -- "-rw-r----- root ${service} ${path}" <<<"$rpm_modes" \
+        || fail "rpm installs $(grep -F -- " ${path}" <<<"$rpm_modes" || echo "${path}: nothing"), not 0640 root:${service}"
+done
+pass "rpm: the environment file and config.yaml are 0640 root:${service}"
 grep -q '/site-packages/orchestrator/cli.py$' <<<"$rpm_list" || fail "rpm lacks the orchestrator package"
 pass "rpm -qlp lists the daemon, CLI plugin, unit, sysusers, tmpfiles, config and man pages"
 rpm_scripts="$(rpm -qp --scripts "$rpm_file")"
@@ -150,6 +161,45 @@ for dir in /var/lib/${service} /var/lib/${service}/models /var/log/${service}; d
         || fail "${dir} is $(stat -c '%U:%G %a' "$dir"), expected ${user}:${group} 750"
 done
 pass "ExecStart ${exec_start[*]}, config, environment file, snippets, man pages, CLI plugin, state/log dirs"
+
+# Secrets (HF_TOKEN, proxy credentials, api_key): root and the service group only.
+config_files=(/etc/default/${service} /etc/${service}/config.yaml)
+check_config_modes() {
+    local path
+    for path in "${config_files[@]}"; do
+        [[ "$(stat -c '%U:%G %a' "$path")" == "root:${group} 640" ]] \
+            || fail "${path} is $(stat -c '%U:%G %a' "$path") ${1}, expected root:${group} 640"
+    done
+}
+check_config_modes "after the install"
+dpkg-statoverride --list "${config_files[@]}"
+setpriv --reuid="$user" --regid="$group" --init-groups cat /etc/default/${service} >/dev/null \
+    || fail "the service user cannot read /etc/default/${service}"
+if setpriv --reuid=nobody --regid=nogroup --clear-groups cat /etc/default/${service} >/dev/null 2>&1; then
+    fail "user nobody can read /etc/default/${service}"
+fi
+pass "environment file and config.yaml: 0640 root:${group}, readable by ${user}, not by nobody"
+DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >"${tmp}/reinstall.log" 2>&1 \
+    || { cat "${tmp}/reinstall.log" >&2; fail "dpkg -i ${deb##*/} (reinstall)"; }
+check_config_modes "after a reinstall"
+# An admin's own choice survives an upgrade (here a reinstall): the postinst leaves it alone.
+dpkg-statoverride --remove /etc/default/${service}
+dpkg-statoverride --update --add root root 0600 /etc/default/${service}
+DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >"${tmp}/reinstall.log" 2>&1 \
+    || { cat "${tmp}/reinstall.log" >&2; fail "dpkg -i ${deb##*/} (reinstall)"; }
+[[ "$(stat -c '%U:%G %a' /etc/default/${service})" == "root:root 600" ]] \
+    || fail "a reinstall reset the admin's 0600 root:root to $(stat -c '%U:%G %a' /etc/default/${service})"
+dpkg-statoverride --remove /etc/default/${service}
+dpkg-statoverride --update --add root "$group" 0640 /etc/default/${service}
+pass "a reinstall keeps 0640 root:${group}, and keeps an admin's own dpkg-statoverride"
+logrotate_conf=/etc/logrotate.d/${service}
+[[ -f "$logrotate_conf" ]] || fail "${logrotate_conf} missing"
+logrotate --debug --state "${tmp}/logrotate.state" "$logrotate_conf" >"${tmp}/logrotate.log" 2>&1 \
+    || { cat "${tmp}/logrotate.log" >&2; fail "logrotate --debug ${logrotate_conf}"; }
+if grep -qi 'error' "${tmp}/logrotate.log"; then
+    cat "${tmp}/logrotate.log" >&2; fail "logrotate --debug ${logrotate_conf} reports errors"
+fi
+pass "logrotate --debug ${logrotate_conf}: parses, rotates /var/log/${service}/*.log as ${user}"
 wants=/etc/systemd/system/multi-user.target.wants/${service}.service
 [[ "$(readlink -f "$wants")" == "$(readlink -f "$unit")" ]] || fail "postinst did not enable the service (${wants})"
 pass "postinst enabled the service: ${wants} -> $(readlink "$wants")"
@@ -267,6 +317,12 @@ left="$(pgrep -u "$user" -a || true)"
 pass "SIGTERM stopped the daemon and every runner within TimeoutStopSec"
 tail -n 5 "${tmp}/daemon.log"
 find /var/log/${service} -maxdepth 1 -printf "%M %u %s %p\n"
+logrotate --force --state "${tmp}/logrotate.state" "$logrotate_conf" \
+    || fail "logrotate --force ${logrotate_conf}"
+rotated="$(find /var/log/${service} -maxdepth 1 -name 'inference.log-*' -user "$user" | head -n 1)"
+[[ -n "$rotated" && -s "$rotated" ]] || fail "logrotate left no rotated inference.log owned by ${user}"
+[[ ! -s /var/log/${service}/inference.log ]] || fail "copytruncate did not empty inference.log"
+pass "logrotate --force: ${rotated##*/} (owned by ${user}), inference.log emptied in place"
 
 if [[ "${KEEP_INSTALLED:-0}" == 1 ]]; then
     log "KEEP_INSTALLED=1: leaving the package installed"
@@ -286,6 +342,9 @@ for dir in /etc/${service} /var/lib/${service} /var/log/${service} /run/${servic
     /usr/lib/python3/dist-packages/orchestrator /usr/libexec/docker-model-runner "$wants" \
     /var/lib/systemd/deb-systemd-helper-enabled/${service}.service.dsh-also; do
     [[ ! -e "$dir" ]] || fail "${dir} left after purge"
+done
+for path in "${config_files[@]}"; do
+    ! dpkg-statoverride --list "$path" >/dev/null || fail "dpkg-statoverride entry for ${path} left after purge"
 done
 getent passwd "$user" >/dev/null && echo "kept by policy: system user $(getent passwd "$user")"
 pass "purge removed every file, the store, the logs, the configuration and the enablement"

@@ -10,6 +10,7 @@ Path                                                    Method  Resource
 ``/``                                                   GET     health.RootResource
 ``/ui``, ``/ui/``, ``/ui/{name}``                       GET     ui.UIResource (dashboard)
 ``/version``                                            any     health.VersionResource
+``/openapi.json``                                       GET     openapi.OpenAPIResource
 ``/engines[/{backend}]/v1/chat/completions``            POST    openai.InferenceResource
 ``/engines[/{backend}]/v1/completions``                 POST    openai.InferenceResource
 ``/engines[/{backend}]/v1/embeddings``                  POST    openai.InferenceResource
@@ -54,11 +55,12 @@ def add_routes(app: falcon.App, ctx: ApiContext) -> None:
     """Register every route of the table above on ``app``."""
     # Imported here: every api module loads this package first, and a module such as
     # api.shared must not drag every resource (and their imports) in with it.
-    from orchestrator.api import engines, health, logs, metrics, models, openai, ui
+    from orchestrator.api import engines, health, logs, metrics, models, openai, openapi, ui
 
     app.add_route("/", health.RootResource())
     ui.add_routes(app, ctx)
     app.add_route("/version", health.VersionResource())
+    app.add_route(openapi.OPENAPI_PATH, openapi.OpenAPIResource())
     openai.add_routes(app, ctx)
     models.add_routes(app, ctx)
     engines.add_routes(app, ctx)

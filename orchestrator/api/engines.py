@@ -168,6 +168,15 @@ class ConfigureResource:
     ) -> None:
         check_backend(backend)
         body = read_json_object(req, example='{"model": "ai/smollm2", "context-size": 8192}')
+        speculative = body.get("speculative")
+        if speculative is not None and not isinstance(speculative, dict):
+            # A malformed value is the client's mistake (400); a well-formed one asks for a
+            # feature this runner lacks (501, from parse_configure_request).
+            raise InvalidRequestError(
+                f'speculative must be an object such as {{"draft_model": "ai/smollm2"}}, '
+                f"got {speculative!r}; this runner has no speculative decoding, so leave it out",
+                param="speculative",
+            )
         request = parse_configure_request(body)
         record = resolve_model(self.ctx.store, request.model)
         self.ctx.scheduler.management.configure(record, request.settings)

@@ -171,7 +171,8 @@ class CORSMiddleware:
             resp.status = 204
             resp.set_header("Access-Control-Allow-Credentials", "true")
             resp.set_header("Access-Control-Allow-Methods", _ALLOW_METHODS)
-            resp.set_header("Access-Control-Allow-Headers", "*")
+            # "*" does not cover Authorization (Fetch standard), which DMR_API_KEY needs.
+            resp.set_header("Access-Control-Allow-Headers", "*, Authorization")
             resp.complete = True
 
     def process_response(

@@ -42,7 +42,13 @@ from orchestrator.errors import (
 from orchestrator.registry.progress import Mode, status_event
 from orchestrator.registry.pull import pull_model
 from orchestrator.store.reference import parse_model_id, parse_reference
-from orchestrator.store.tarball import Readable, export_tar, load_tar
+from orchestrator.store.tarball import (
+    CappedReader,
+    Readable,
+    export_tar,
+    load_tar,
+    too_large_error,
+)
 
 if TYPE_CHECKING:
     from orchestrator.api.shared import ApiContext
@@ -56,6 +62,14 @@ PULL_SLOT_WAIT_SECONDS = 600.0
 FIRST_LINE_WAIT_SECONDS = 30.0
 EXPORT_CHUNK_BYTES = 256 * 1024
 _ACTIONS = frozenset({"export", "tag", "push", "repackage"})
+# The methods each kind of /models/{ref}[/action] path answers (the Allow header of a 405).
+_ALLOWED_METHODS: dict[str | None, list[str]] = {
+    None: ["GET", "HEAD", "DELETE"],
+    "export": ["GET", "HEAD"],
+    "tag": ["POST"],
+    "push": ["POST"],
+    "repackage": ["POST"],
+}
 # Go's html.EscapeString, which DMR's progress writer applies to every line.
 _GO_HTML_ESCAPES = str.maketrans(
     {"&": "&amp;", "'": "&#39;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "\0": "\ufffd"}
@@ -184,8 +198,16 @@ class LoadResource:
         self.ctx = ctx
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        # No 10 MiB cap here: the body is a whole model.
-        source: Readable = req.bounded_stream if req.content_length is not None else req.stream
+        # Not read_body's 10 MiB cap: the body is a whole model. max_load_size bounds it, from
+        # Content-Length before anything is read and, for chunked uploads, as it is read;
+        # load_tar deletes what a refused archive wrote.
+        limit = self.ctx.config.max_load_size
+        length = req.content_length
+        if limit > 0 and length is not None and length > limit:
+            raise too_large_error(limit, length)
+        source: Readable = req.bounded_stream if length is not None else req.stream
+        if limit > 0:
+            source = CappedReader(source, limit)
         record = load_tar(self.ctx.store, source)
         log.info("model loaded from tar id=%s", record.id)
         resp.content_type = falcon.MEDIA_JSON if wants_json(req) else "text/plain; charset=utf-8"
@@ -257,7 +279,7 @@ class ModelSink:
             elif action is None:
                 self.inspect(req, resp, ref)
             else:
-                raise falcon.HTTPMethodNotAllowed(["POST"])
+                raise falcon.HTTPMethodNotAllowed(_ALLOWED_METHODS[action])
         elif method == "DELETE" and action is None:
             self.delete(req, resp, ref)
         elif method == "POST":
@@ -275,7 +297,7 @@ class ModelSink:
                     f"unknown action {last!r} for model {head or path!r}; use tag, push or export"
                 )
         else:
-            raise falcon.HTTPMethodNotAllowed(["GET", "POST", "DELETE"])
+            raise falcon.HTTPMethodNotAllowed(_ALLOWED_METHODS[action])
 
     def inspect(self, req: falcon.Request, resp: falcon.Response, ref: str) -> None:
         """``GET /models/{ref}[?remote=true]``."""

@@ -96,6 +96,28 @@ def openai_model(record: ModelRecord) -> dict[str, Any]:
     return body
 
 
+def check_engine_input(upstream_path: str, payload: dict[str, Any]) -> None:
+    """Refuse a body that would make llama-server abort instead of answering.
+
+    A rerank of an empty query against an empty document trips an assertion in llama-server
+    (``GGML_ASSERT(dynamic_cast<server_task_result_rerank*>...)`` in ``server-context.cpp``):
+    the runner dies and every request it was serving fails. Found by the API fuzzer.
+
+    Raises:
+        InvalidRequestError: The query and a document are both empty.
+    """
+    if upstream_path != "/rerank" or payload.get("query") != "":
+        return
+    for key in ("documents", "texts"):  # llama-server reads either name
+        documents = payload.get(key)
+        if isinstance(documents, list) and "" in documents:
+            raise InvalidRequestError(
+                f"the query and document {documents.index('')} are both empty; the engine "
+                "cannot rank empty text against an empty query: send text in one of them",
+                param=key,
+            )
+
+
 class InferenceResource:
     """``POST`` to an engine path: chat/completions, completions, embeddings, rerank.
 
@@ -122,6 +144,7 @@ class InferenceResource:
             )
         model = require_string(payload, "model", what="name the model to use, e.g. 'ai/smollm2'")
         record = resolve_model(self.ctx.store, model)
+        check_engine_input(self.upstream_path, payload)
         if self.upstream_path == "/score":
             raise NotSupportedError(
                 "the llama.cpp engine has no /score endpoint; use /rerank for reranking",

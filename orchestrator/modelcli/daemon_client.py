@@ -177,6 +177,9 @@ def model_path(model: str, suffix: str = "") -> str:
     return f"{path}/{suffix}" if suffix else path
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
 class DaemonClient:
     """Talk to the daemon's HTTP API.
 
@@ -189,6 +192,10 @@ class DaemonClient:
         self.base_url = base_url or base_url_from_env()
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
+        # The daemon's optional key (DMR_API_KEY); this session only ever talks to base_url.
+        api_key = os.environ.get("DMR_API_KEY", "").strip()
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
         if self.base_url.startswith("unix://"):
             self._socket_path: str | None = self.base_url[len("unix://") :]
             self._http_base = "http+unix://localhost"
@@ -200,6 +207,12 @@ class DaemonClient:
             # Like Go's net/http, never send loopback traffic through an HTTP proxy.
             if (urlsplit(self.base_url).hostname or "") in _LOOPBACK:
                 self._session.trust_env = False
+            # DMR's CLI variables for a TLS listener with its own CA (or none checked).
+            ca_cert = os.environ.get("MODEL_RUNNER_TLS_CA_CERT", "").strip()
+            if ca_cert:
+                self._session.verify = ca_cert
+            elif os.environ.get("MODEL_RUNNER_TLS_SKIP_VERIFY", "").strip().lower() in _TRUE:
+                self._session.verify = False
 
     @property
     def endpoint(self) -> str:

@@ -10,12 +10,34 @@ registry uses (``docs/dmr-spec.md`` section 3.5; the OCI distribution spec's tok
   (a pull token used to push) fetches a new token for the union of the scopes.
 
 An explicit bearer token (the API's ``bearer-token``) is sent as is, without any exchange.
+
+Who may receive the stored credentials. The registry's own origin gets them (the client sends
+``Authorization`` to no other origin). A token realm is often on another host
+(``registry-1.docker.io`` sends ``realm="https://auth.docker.io/token"``), so a realm gets the
+Basic credentials or identity token only when :func:`realm_may_receive_credentials` says so:
+
+* the realm host is the registry's API host, on any port (one operator, one machine); or
+* it is a parent domain of that host with at least two labels (``registry.gitlab.com`` sends
+  ``gitlab.com``): whoever runs ``registry.gitlab.com`` got it delegated from ``gitlab.com``; or
+* it is a known pair: Docker Hub's ``auth.docker.io``, NVIDIA NGC's ``authn.nvidia.com``; or
+* the user named that host in ``config.json`` (``auths`` or ``credHelpers`` key), which is how
+  to trust, say, ``gitlab.example.com`` as the realm of ``registry.example.com``.
+
+Sibling hosts are not trusted by default: without the public-suffix list, ``a.azurecr.io`` and
+``evil.azurecr.io`` look alike. Any other realm still gets a token request, but an anonymous one
+(no ``Authorization``, no ``account``): a hostile registry learns nothing from it, public
+repositories still pull, and when the registry then denies access the error names the realm
+host the credentials were withheld from and how to trust it. Token requests do not follow
+redirects to a host outside these rules with credentials, and a refresh-token ``POST`` does not
+follow redirects at all (its body is the secret). Token answers are read through a 1 MiB cap
+within the registry deadline (``watchdog.py``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import os
@@ -27,12 +49,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
 from orchestrator.errors import RegistryDeniedError, RegistryError
-from orchestrator.registry.transport import describe_failure
+from orchestrator.registry.manifest import MAX_TOKEN_BYTES, read_limited
+from orchestrator.registry.transport import (
+    MAX_REDIRECTS,
+    check_next_url,
+    describe_failure,
+    same_origin,
+)
+from orchestrator.registry.watchdog import DEFAULT_DEADLINE_SECONDS, Watch
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +69,11 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
 DOCKER_HUB_CREDENTIALS_KEY = "https://index.docker.io/v1/"
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+# Registries whose token realm lives on a host that is neither theirs nor a parent domain.
+_KNOWN_REALM_HOSTS: dict[str, frozenset[str]] = {
+    DOCKER_HUB_API_HOST: frozenset({"auth.docker.io"}),
+    "nvcr.io": frozenset({"authn.nvidia.com"}),
+}
 
 # Tokens are refreshed this long before the expiry the token server announced.
 _TOKEN_EXPIRY_MARGIN_SECONDS = 10.0
@@ -67,6 +101,67 @@ def _host_of_key(key: str) -> str:
         text = text.split("://", 1)[1]
     host = text.split("/", 1)[0].lower()
     return DOCKER_HUB if host in _DOCKER_HUB_ALIASES else host
+
+
+def _hostname(host_or_url: str) -> str:
+    """Return the lowercased host name of ``host[:port]`` or a URL (IPv6 without brackets)."""
+    text = host_or_url if "://" in host_or_url else f"//{host_or_url}"
+    return (urlsplit(text).hostname or "").lower().rstrip(".")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def realm_may_receive_credentials(
+    registry: str, realm: str, trusted_hosts: frozenset[str] = frozenset()
+) -> bool:
+    """Return whether the token realm ``realm`` may get ``registry``'s stored credentials.
+
+    The rule is the module docstring's: the registry's API host (any port), a parent domain of
+    it with two labels or more, a known pair (Docker Hub, NVIDIA NGC), or a host in
+    ``trusted_hosts`` (the hosts the user named in ``config.json``).
+    """
+    registry_host = _hostname(api_host(registry))
+    realm_host = _hostname(realm)
+    if not realm_host or not registry_host:
+        return False
+    if realm_host == registry_host or realm_host in trusted_hosts:
+        return True
+    if realm_host in _KNOWN_REALM_HOSTS.get(registry_host, frozenset()):
+        return True
+    if _is_ip(registry_host) or _is_ip(realm_host):
+        return False
+    return "." in realm_host and registry_host.endswith("." + realm_host)
+
+
+def stored_credential_hosts(
+    docker_config_dir: Path | None = None, environ: Mapping[str, str] | None = None
+) -> frozenset[str]:
+    """Return the hosts named as keys of ``auths`` and ``credHelpers`` in ``config.json``.
+
+    ``credsStore`` is not counted: it applies to every host and says nothing about trust. An
+    unreadable file names no host (:func:`load_credentials` reports it).
+    """
+    path = docker_config_path(docker_config_dir, environ)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return frozenset()
+    hosts: set[str] = set()
+    if isinstance(data, dict):
+        for section in ("auths", "credHelpers"):
+            entries = data.get(section)
+            if isinstance(entries, dict):
+                for key in entries:
+                    host = _host_of_key(str(key))
+                    hosts.add(_hostname(DOCKER_HUB_API_HOST if host == DOCKER_HUB else host))
+    hosts.discard("")
+    return frozenset(hosts)
 
 
 @dataclass(frozen=True)
@@ -298,7 +393,14 @@ class Authenticator:
         bearer_token: Explicit token sent as ``Bearer`` without any exchange.
         insecure: Whether the registry is reached over plain HTTP (then an ``http`` realm is
             allowed; otherwise the realm must be ``https``).
-        timeout_seconds: Timeout of each token request.
+        timeout_seconds: Timeout of each read of a token request.
+        trusted_hosts: Extra realm hosts that may get the credentials (the hosts named in
+            ``config.json``; see :func:`realm_may_receive_credentials`).
+        deadline_seconds: A whole token request, answer included, must end within this.
+
+    Attributes:
+        withheld_from: The realm host the credentials were last withheld from, if any (for the
+            message of a later denial).
     """
 
     def __init__(
@@ -310,6 +412,8 @@ class Authenticator:
         bearer_token: str | None = None,
         insecure: bool = False,
         timeout_seconds: float = 30.0,
+        trusted_hosts: frozenset[str] = frozenset(),
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     ) -> None:
         self.session = session
         self.registry = registry
@@ -317,6 +421,9 @@ class Authenticator:
         self.bearer_token = bearer_token
         self.insecure = insecure
         self.timeout_seconds = timeout_seconds
+        self.trusted_hosts = trusted_hosts
+        self.deadline_seconds = deadline_seconds
+        self.withheld_from: str | None = None
         self._lock = threading.Lock()
         self._basic = False
         self._tokens: dict[str, tuple[str, float]] = {}
@@ -388,64 +495,45 @@ class Authenticator:
                 details={"realm": realm},
             )
 
+    def _credentials_for(self, url: str) -> Credentials | None:
+        """Return the credentials ``url`` may receive (``None``: ask anonymously)."""
+        if self.credentials is None:
+            return None
+        if realm_may_receive_credentials(self.registry, url, self.trusted_hosts):
+            return self.credentials
+        host = urlsplit(url).hostname or url
+        self.withheld_from = host
+        log.warning(
+            "registry credentials withheld from a foreign token realm registry=%s realm=%s",
+            self.registry,
+            host,
+        )
+        return None
+
     def _fetch_token(self, challenge: Challenge, scopes: list[str]) -> tuple[str, float]:
         realm = challenge.params.get("realm", "")
         self._check_realm(realm)
-        service = challenge.params.get("service")
-        credentials = self.credentials
+        watch = Watch(
+            subject=f"the token server '{realm}' of registry '{self.registry}'",
+            what="a token",
+            deadline_seconds=self.deadline_seconds,
+        )
+        with watch:
+            response, sent = self._request_token(realm, challenge.params.get("service"), scopes)
+            with response:
+                self._check_token_status(response, realm, scopes, sent)
+                data = read_limited(
+                    response, MAX_TOKEN_BYTES, f"the answer of the token server '{realm}'"
+                )
         try:
-            if credentials is not None and credentials.identity_token:
-                # OAuth2 refresh-token grant, what `docker login` with SSO leaves behind.
-                form = {
-                    "grant_type": "refresh_token",
-                    "refresh_token": credentials.identity_token,
-                    "client_id": "orchestrator",
-                    "scope": " ".join(scopes),
-                }
-                if service:
-                    form["service"] = service
-                response = self.session.post(realm, data=form, timeout=self.timeout_seconds)
-            else:
-                params: list[tuple[str, str]] = [("scope", scope) for scope in scopes]
-                if service:
-                    params.insert(0, ("service", service))
-                headers: dict[str, str] = {}
-                if credentials is not None and credentials.username:
-                    params.append(("account", credentials.username))
-                    headers["Authorization"] = credentials.basic_header()
-                response = self.session.get(
-                    realm, params=params, headers=headers, timeout=self.timeout_seconds
-                )
-        except requests.RequestException as ex:
+            body = json.loads(data)
+            token = body.get("token") or body.get("access_token")
+            lifetime = float(body.get("expires_in") or _DEFAULT_TOKEN_LIFETIME_SECONDS)
+        except (ValueError, AttributeError, TypeError) as ex:
             raise RegistryError(
-                f"could not reach the token server '{realm}' of registry '{self.registry}' "
-                f"({describe_failure(ex)}); check the network and try again",
-                details={"realm": realm, "error": str(ex)},
+                f"the token server '{realm}' sent an unreadable answer; try again later",
+                details={"realm": realm},
             ) from ex
-        with response:
-            if response.status_code in (401, 403):
-                raise RegistryDeniedError(
-                    f"the token server of registry '{self.registry}' refused "
-                    f"{'the stored credentials' if credentials else 'anonymous access'} "
-                    f"(HTTP {response.status_code}); run 'docker login {self.registry}' "
-                    f"with an account that may access it",
-                    details={"realm": realm, "scopes": scopes},
-                )
-            if response.status_code != 200:
-                raise RegistryError(
-                    f"the token server '{realm}' answered HTTP {response.status_code}; "
-                    f"try again later",
-                    details={"realm": realm, "status": response.status_code},
-                )
-            try:
-                body = response.json()
-                token = body.get("token") or body.get("access_token")
-                lifetime = float(body.get("expires_in") or _DEFAULT_TOKEN_LIFETIME_SECONDS)
-            except (ValueError, AttributeError, TypeError) as ex:
-                raise RegistryError(
-                    f"the token server '{realm}' sent an unreadable answer; try again later",
-                    details={"realm": realm},
-                ) from ex
         if not isinstance(token, str) or not token:
             raise RegistryError(
                 f"the token server '{realm}' sent no token; try again later",
@@ -453,3 +541,113 @@ class Authenticator:
             )
         log.debug("registry token fetched registry=%s scopes=%s", self.registry, scopes)
         return token, max(lifetime, _TOKEN_EXPIRY_MARGIN_SECONDS + 1.0)
+
+    def _request_token(
+        self, realm: str, service: str | None, scopes: list[str]
+    ) -> tuple[requests.Response, bool]:
+        """Send the token request, following its redirects by hand; return the streamed
+        answer and whether credentials went with the last hop.
+
+        Each hop is judged like a realm of its own: credentials only where
+        :func:`realm_may_receive_credentials` allows, never from https down to http.
+        """
+        url = realm
+        credentials = self._credentials_for(url)
+        try:
+            if credentials is not None and credentials.identity_token:
+                return self._refresh_grant(realm, credentials.identity_token, service, scopes), True
+            first_query = [("service", service)] if service else []
+            first_query += [("scope", scope) for scope in scopes]
+            params: list[tuple[str, str]] | None = first_query
+            for _ in range(MAX_REDIRECTS + 1):
+                headers: dict[str, str] = {}
+                sent = credentials is not None and bool(credentials.username)
+                query = list(params) if params is not None else None
+                if credentials is not None and sent:
+                    if query is not None:
+                        query.append(("account", credentials.username))
+                    headers["Authorization"] = credentials.basic_header()
+                response = self._send_token_request("GET", url, params=query, headers=headers)
+                location = response.headers.get("Location") if response.is_redirect else None
+                if not location:
+                    return response, sent
+                response.close()
+                following = urljoin(url, location)
+                check_next_url(url, following, f"the token server '{realm}'")
+                if credentials is not None and not same_origin(following, url):
+                    self._check_realm(following)
+                    credentials = self._credentials_for(following)
+                url, params = following, None  # a redirect's URL carries its own query
+        except requests.RequestException as ex:
+            raise RegistryError(
+                f"could not reach the token server '{realm}' of registry '{self.registry}' "
+                f"({describe_failure(ex)}); check the network and try again",
+                details={"realm": realm, "error": str(ex)},
+            ) from ex
+        raise RegistryError(
+            f"the token server '{realm}' redirected more than {MAX_REDIRECTS} times; try again "
+            f"later",
+            details={"realm": realm},
+        )
+
+    def _refresh_grant(
+        self, realm: str, identity_token: str, service: str | None, scopes: list[str]
+    ) -> requests.Response:
+        """POST the OAuth2 refresh-token grant, what `docker login` with SSO leaves behind.
+
+        Its body is the secret, so a redirect is refused rather than followed.
+        """
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": identity_token,
+            "client_id": "orchestrator",
+            "scope": " ".join(scopes),
+        }
+        if service:
+            form["service"] = service
+        response = self._send_token_request("POST", realm, data=form)
+        if response.is_redirect:
+            response.close()
+            raise RegistryError(
+                f"the token server '{realm}' answered a refresh-token request with a redirect; "
+                f"refusing to send the token elsewhere",
+                details={"realm": realm, "status": response.status_code},
+            )
+        return response
+
+    def _send_token_request(self, method: str, url: str, **kwargs: object) -> requests.Response:
+        return self.session.request(
+            method,
+            url,
+            stream=True,
+            allow_redirects=False,
+            timeout=self.timeout_seconds,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def _check_token_status(
+        self, response: requests.Response, realm: str, scopes: list[str], sent: bool
+    ) -> None:
+        if response.status_code in (401, 403):
+            raise RegistryDeniedError(
+                f"the token server of registry '{self.registry}' refused "
+                f"{'the stored credentials' if sent else 'anonymous access'} "
+                f"(HTTP {response.status_code}); run 'docker login {self.registry}' "
+                f"with an account that may access it{'' if sent else self.withheld_hint()}",
+                details={"realm": realm, "scopes": scopes},
+            )
+        if response.status_code != 200:
+            raise RegistryError(
+                f"the token server '{realm}' answered HTTP {response.status_code}; try again later",
+                details={"realm": realm, "status": response.status_code},
+            )
+
+    def withheld_hint(self) -> str:
+        """Return advice for a denial when credentials were withheld from the realm, else ``""``."""
+        if self.withheld_from is None:
+            return ""
+        return (
+            f"; the stored credentials were not sent to the token server '{self.withheld_from}' "
+            f"because it is not a host of '{self.registry}' (name it in the 'auths' of "
+            f"docker's config.json to trust it)"
+        )

@@ -7,6 +7,13 @@ downloads the layers in parallel into the store's ``.incomplete`` files (resumin
 ``Range``), commits them, and only then writes the manifest and the tag. A push uploads each
 missing blob with ``POST`` and one streamed ``PUT`` (layers in parallel, then the config) and
 finally ``PUT``s the exact manifest bytes, so the model ID is the same on both sides.
+
+Hostile registries (hardening issue 12): ``Authorization`` goes only to the registry's own origin
+(an upload ``Location`` or redirect elsewhere gets none, an https to http hop is refused; token
+realms follow the rule in ``auth.py``); every body read whole is capped (``manifest.py``); every
+exchange runs under a :class:`~orchestrator.registry.watchdog.Watch`: small ones within
+``deadline_seconds``, blob transfers under the stall rule (``stall_seconds``,
+``min_bytes_per_second``), so a trickling registry cannot hold a pull or push slot forever.
 """
 
 from __future__ import annotations
@@ -29,10 +36,16 @@ from orchestrator.errors import (
     RegistryError,
     RemoteNotFoundError,
 )
-from orchestrator.registry.auth import Authenticator, api_host, load_credentials
+from orchestrator.registry.auth import (
+    Authenticator,
+    api_host,
+    load_credentials,
+    stored_credential_hosts,
+)
 from orchestrator.registry.manifest import (
     Descriptor,
     config_descriptor,
+    discard_body,
     error_codes,
     layer_descriptors,
     model_json,
@@ -43,6 +56,7 @@ from orchestrator.registry.progress import ProgressCallback, ProgressReporter
 from orchestrator.registry.transport import (
     CountingReader,
     check_cancel,
+    check_next_url,
     describe_failure,
     download_to_file,
     exclusive_partial,
@@ -50,7 +64,15 @@ from orchestrator.registry.transport import (
     new_session,
     open_following_redirects,
     run_parallel,
+    same_origin,
     with_digest,
+)
+from orchestrator.registry.watchdog import (
+    DEFAULT_DEADLINE_SECONDS,
+    DEFAULT_MIN_BYTES_PER_SECOND,
+    DEFAULT_STALL_SECONDS,
+    StallRule,
+    Watch,
 )
 from orchestrator.store import mediatypes
 from orchestrator.store.reference import ModelRef, is_insecure_registry
@@ -66,6 +88,9 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 # A request is sent again at most this often after 401 challenges (Basic, token, wider scope).
 _MAX_CHALLENGES = 2
+# Once an upload's last byte is sent, the registry still verifies and stores the blob (an S3
+# backend copies it): its answer may take the small deadline plus one second per this many bytes.
+_STORE_BYTES_PER_SECOND = 64 * 1024 * 1024
 
 Body = Callable[[], "bytes | CountingReader"]
 
@@ -82,6 +107,11 @@ class RegistryClient:
         timeout_seconds: Connect and read timeout of every request.
         max_parallel: Layers transferred at the same time.
         environ: Environment for ``$DOCKER_CONFIG``, ``$HOME`` and credential helpers.
+        deadline_seconds: Each small exchange (manifest, config, token, error answer) must end
+            within this, answer included.
+        stall_seconds: Window of the blob stall rule.
+        min_bytes_per_second: A blob transfer slower than this on average over the window is
+            cut (the partial download is kept for the next pull).
     """
 
     def __init__(
@@ -93,6 +123,9 @@ class RegistryClient:
         timeout_seconds: float = 30.0,
         max_parallel: int = 5,
         environ: Mapping[str, str] | None = None,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+        stall_seconds: float = DEFAULT_STALL_SECONDS,
+        min_bytes_per_second: float = DEFAULT_MIN_BYTES_PER_SECOND,
     ) -> None:
         self.insecure_registries = tuple(insecure_registries)
         self.bearer_token = bearer_token or None
@@ -100,6 +133,8 @@ class RegistryClient:
         self.timeout_seconds = timeout_seconds
         self.max_parallel = max(1, max_parallel)
         self.environ = environ
+        self.deadline_seconds = deadline_seconds
+        self.stall = StallRule(stall_seconds, min_bytes_per_second)
         self.session = new_session(pool_size=self.max_parallel + 2)
         self._auth: dict[str, Authenticator] = {}
         self._auth_lock = threading.Lock()
@@ -130,10 +165,12 @@ class RegistryClient:
             found = self._auth.get(registry)
             if found is None:
                 credentials = None
+                trusted: frozenset[str] = frozenset()
                 if not self.bearer_token:
                     credentials = load_credentials(
                         registry, docker_config_dir=self.docker_config_dir, environ=self.environ
                     )
+                    trusted = stored_credential_hosts(self.docker_config_dir, self.environ)
                 found = Authenticator(
                     self.session,
                     registry,
@@ -141,6 +178,8 @@ class RegistryClient:
                     bearer_token=self.bearer_token,
                     insecure=is_insecure_registry(registry, self.insecure_registries),
                     timeout_seconds=self.timeout_seconds,
+                    trusted_hosts=trusted,
+                    deadline_seconds=self.deadline_seconds,
                 )
                 self._auth[registry] = found
             return found
@@ -154,15 +193,19 @@ class RegistryClient:
         scope: str,
         headers: Mapping[str, str] | None = None,
         body: Body | None = None,
-        stream: bool = False,
     ) -> requests.Response:
         """Send one request with authorization, answering up to two 401 challenges.
 
-        ``body`` is a factory, so a streamed file can be opened again after a challenge.
+        ``body`` is a factory, so a streamed file can be opened again after a challenge. The
+        answer is always streamed: its body is read (capped) or dropped by the caller, never
+        loaded whole by ``requests``. ``Authorization`` goes only to the registry's own origin;
+        a URL elsewhere (an upload ``Location`` on another host) gets none and no challenge
+        is answered for it.
         """
         auth = self._authenticator(ref.registry)
+        own_origin = same_origin(url, self._repo_url(ref))
         for attempt in range(_MAX_CHALLENGES + 1):
-            sent = auth.authorization(scope)
+            sent = auth.authorization(scope) if own_origin else None
             request_headers = dict(headers or {})
             if sent:
                 request_headers["Authorization"] = sent
@@ -173,7 +216,7 @@ class RegistryClient:
                     url,
                     headers=request_headers,
                     data=data,
-                    stream=stream,
+                    stream=True,
                     allow_redirects=False,
                     timeout=self._timeout,
                 )
@@ -188,9 +231,11 @@ class RegistryClient:
                     data.close()
             if (
                 response.status_code == 401
+                and own_origin
                 and attempt < _MAX_CHALLENGES
                 and auth.handle_unauthorized(response, scope, sent)
             ):
+                discard_body(response)  # keeps the connection for the retry
                 response.close()
                 continue
             return response
@@ -208,7 +253,8 @@ class RegistryClient:
             raise RegistryDeniedError(
                 f"registry '{ref.registry}' denied {action} access to '{ref.repository}' "
                 f"(HTTP {status}{shown}); the repository may not exist, or run "
-                f"'docker login {ref.registry}' with an account that may {action} it",
+                f"'docker login {ref.registry}' with an account that may {action} it"
+                f"{self._authenticator(ref.registry).withheld_hint()}",
                 details=details,
             )
         if status == 404:
@@ -225,6 +271,16 @@ class RegistryClient:
     def _scope(ref: ModelRef, push: bool = False) -> str:
         return f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
 
+    def _deadline(self, ref: ModelRef, what: str) -> Watch:
+        """Return the watch of one small exchange: all of it within ``deadline_seconds``."""
+        return Watch(
+            subject=f"registry '{ref.registry}'", what=what, deadline_seconds=self.deadline_seconds
+        )
+
+    def _stall_watch(self, ref: ModelRef, what: str, retry: str) -> Watch:
+        """Return the watch of one blob transfer (the stall rule)."""
+        return Watch(subject=f"registry '{ref.registry}'", what=what, retry=retry, stall=self.stall)
+
     # -- reading ------------------------------------------------------------------------------
 
     def fetch_manifest(self, ref: ModelRef) -> tuple[bytes, dict[str, Any]]:
@@ -236,22 +292,22 @@ class RegistryClient:
             UnsupportedModelError: Not a single-manifest model artifact.
         """
         url = f"{self._repo_url(ref)}/manifests/{ref.digest or ref.tag}"
-        response = self._send(
-            ref,
-            "GET",
-            url,
-            scope=self._scope(ref),
-            headers={"Accept": mediatypes.MANIFEST_ACCEPT},
-            stream=True,
-        )
-        with response:
-            self._check(response, f"model '{ref}'", ref, "pull")
-            if response.status_code != 200:
-                raise RegistryError(
-                    f"registry '{ref.registry}' answered HTTP {response.status_code} for the "
-                    f"manifest of '{ref}'; try again later"
-                )
-            data = read_limited(response, MAX_MANIFEST_BYTES, f"the manifest of '{ref}'")
+        with self._deadline(ref, f"the manifest of '{ref}'"):
+            response = open_following_redirects(
+                self._fetcher(ref),
+                self.session,
+                url,
+                {"Accept": mediatypes.MANIFEST_ACCEPT},
+                timeout=self._timeout,
+            )
+            with response:
+                self._check(response, f"model '{ref}'", ref, "pull")
+                if response.status_code != 200:
+                    raise RegistryError(
+                        f"registry '{ref.registry}' answered HTTP {response.status_code} for the "
+                        f"manifest of '{ref}'; try again later"
+                    )
+                data = read_limited(response, MAX_MANIFEST_BYTES, f"the manifest of '{ref}'")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if ref.digest and digest != ref.digest:
             raise DigestMismatchError(
@@ -264,12 +320,13 @@ class RegistryClient:
 
     def _fetch_small_blob(self, ref: ModelRef, blob: Descriptor, limit: int) -> bytes:
         url = f"{self._repo_url(ref)}/blobs/{blob.digest}"
-        response = open_following_redirects(
-            self._fetcher(ref), self.session, url, {}, timeout=self._timeout
-        )
-        with response:
-            self._check(response, f"blob '{blob.digest}' of '{ref}'", ref, "pull")
-            data = read_limited(response, min(limit, blob.size + 1), f"blob '{blob.digest}'")
+        with self._deadline(ref, f"blob '{blob.digest}' of '{ref}'"):
+            response = open_following_redirects(
+                self._fetcher(ref), self.session, url, {}, timeout=self._timeout
+            )
+            with response:
+                self._check(response, f"blob '{blob.digest}' of '{ref}'", ref, "pull")
+                data = read_limited(response, min(limit, blob.size + 1), f"blob '{blob.digest}'")
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != blob.digest or len(data) != blob.size:
             raise DigestMismatchError(
@@ -281,7 +338,7 @@ class RegistryClient:
 
     def _fetcher(self, ref: ModelRef) -> Callable[[str, Mapping[str, str]], requests.Response]:
         def fetch(url: str, headers: Mapping[str, str]) -> requests.Response:
-            return self._send(ref, "GET", url, scope=self._scope(ref), headers=headers, stream=True)
+            return self._send(ref, "GET", url, scope=self._scope(ref), headers=headers)
 
         return fetch
 
@@ -346,7 +403,11 @@ class RegistryClient:
         reporter: ProgressReporter,
         cancel: threading.Event,
     ) -> None:
+        what = f"layer '{layer.digest}' of '{ref}'"
+        watch = self._stall_watch(ref, f"the download of {what}", "pull again (it resumes)")
+
         def on_bytes(done: int) -> None:
+            watch.progress(done)
             check_cancel(cancel)
             reporter.update(layer.digest, layer.size, done)
 
@@ -358,18 +419,19 @@ class RegistryClient:
             if store.has_blob(layer.digest):
                 reporter.update(layer.digest, layer.size, layer.size)
                 return
-            download_to_file(
-                self._fetcher(ref),
-                self.session,
-                f"{self._repo_url(ref)}/blobs/{layer.digest}",
-                partial,
-                what=f"layer '{layer.digest}' of '{ref}'",
-                size=layer.size,
-                sha256_hex=layer.digest.removeprefix("sha256:"),
-                check=lambda response, what: self._check(response, what, ref, "pull"),
-                timeout=self._timeout,
-                on_bytes=on_bytes,
-            )
+            with watch:
+                download_to_file(
+                    self._fetcher(ref),
+                    self.session,
+                    f"{self._repo_url(ref)}/blobs/{layer.digest}",
+                    partial,
+                    what=what,
+                    size=layer.size,
+                    sha256_hex=layer.digest.removeprefix("sha256:"),
+                    check=lambda response, what: self._check(response, what, ref, "pull"),
+                    timeout=self._timeout,
+                    on_bytes=on_bytes,
+                )
             store.commit_incomplete(layer.digest)
 
     # -- push ---------------------------------------------------------------------------------
@@ -432,17 +494,19 @@ class RegistryClient:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         media_type = manifest.get("mediaType") or mediatypes.OCI_MANIFEST
         url = f"{self._repo_url(target)}/manifests/{target.tag}"
-        response = self._send(
-            target,
-            "PUT",
-            url,
-            scope=self._scope(target, push=True),
-            headers={"Content-Type": str(media_type)},
-            body=lambda: data,
-        )
-        with response:
-            self._check(response, f"manifest of '{target}'", target, "push")
-            returned = response.headers.get("Docker-Content-Digest", digest)
+        with self._deadline(target, f"the upload of the manifest of '{target}'"):
+            response = self._send(
+                target,
+                "PUT",
+                url,
+                scope=self._scope(target, push=True),
+                headers={"Content-Type": str(media_type)},
+                body=lambda: data,
+            )
+            with response:
+                self._check(response, f"manifest of '{target}'", target, "push")
+                returned = response.headers.get("Docker-Content-Digest", digest)
+                discard_body(response)
         if response.status_code != 201 or returned != digest:
             raise RegistryError(
                 f"registry '{target.registry}' stored the manifest of '{target}' as "
@@ -462,56 +526,90 @@ class RegistryClient:
         cancel: threading.Event,
     ) -> bool:
         """Upload one blob unless the repository has it; return whether bytes were sent."""
-
-        def on_bytes(done: int) -> None:
-            check_cancel(cancel)
-            if reporter is not None:
-                reporter.update(blob.digest, blob.size, min(done, blob.size))
-
+        check_cancel(cancel)
         scope = self._scope(target, push=True)
         base = self._repo_url(target)
-        # HEAD first: it skips present blobs and takes the auth challenge before any body.
-        response = self._send(target, "HEAD", f"{base}/blobs/{blob.digest}", scope=scope)
-        response.close()
-        if response.status_code == 200:
-            on_bytes(blob.size)
-            return False
-        if response.status_code != 404:
-            self._check(response, f"blob '{blob.digest}'", target, "push")
-        response = self._send(
-            target,
-            "POST",
-            f"{base}/blobs/uploads/",
-            scope=scope,
-            headers={"Content-Length": "0"},
-        )
+        with self._deadline(target, f"the upload of blob '{blob.digest}'"):
+            # HEAD first: it skips present blobs and takes the auth challenge before any body.
+            response = self._send(target, "HEAD", f"{base}/blobs/{blob.digest}", scope=scope)
+            with response:
+                discard_body(response)
+                if response.status_code == 200:
+                    if reporter is not None:
+                        reporter.update(blob.digest, blob.size, blob.size)
+                    return False
+                if response.status_code != 404:
+                    self._check(response, f"blob '{blob.digest}'", target, "push")
+            upload_url = self._open_upload(target, blob, f"{base}/blobs/uploads/", scope)
+        self._upload(target, blob, opener, upload_url, scope, reporter, cancel)
+        return True
+
+    def _open_upload(self, target: ModelRef, blob: Descriptor, url: str, scope: str) -> str:
+        """``POST`` an upload session; return the URL to ``PUT`` the blob to (with its digest).
+
+        The ``Location`` may be relative (resolved against the request URL) or on another
+        origin: ``_send`` then sends it no ``Authorization``. From https it must stay https.
+        """
+        response = self._send(target, "POST", url, scope=scope, headers={"Content-Length": "0"})
         with response:
             self._check(response, f"upload of blob '{blob.digest}'", target, "push")
             location = response.headers.get("Location")
+            discard_body(response)
         if response.status_code != 202 or not location:
             raise RegistryError(
                 f"registry '{target.registry}' did not open an upload for blob "
                 f"'{blob.digest}' (HTTP {response.status_code}); try again later"
             )
-        upload_url = with_digest(urljoin(response.url, location), blob.digest)
-        response = self._send(
-            target,
-            "PUT",
-            upload_url,
-            scope=scope,
-            headers={"Content-Type": "application/octet-stream"},
-            body=lambda: CountingReader(opener(), blob.size, on_bytes),
+        upload_url = urljoin(url, location)
+        check_next_url(url, upload_url, f"the upload location of registry '{target.registry}'")
+        return with_digest(upload_url, blob.digest)
+
+    def _upload(
+        self,
+        target: ModelRef,
+        blob: Descriptor,
+        opener: Callable[[], IO[bytes]],
+        upload_url: str,
+        scope: str,
+        reporter: ProgressReporter | None,
+        cancel: threading.Event,
+    ) -> None:
+        """Send the blob in one streamed ``PUT`` under the stall rule, then await the answer."""
+        watch = self._stall_watch(
+            target, f"the upload of blob '{blob.digest}'", "push again (stored blobs are skipped)"
         )
-        with response:
-            self._check(response, f"upload of blob '{blob.digest}'", target, "push")
-            returned = response.headers.get("Docker-Content-Digest", blob.digest)
+
+        def on_bytes(done: int) -> None:
+            watch.progress(done)
+            if done >= blob.size and watch.stall is not None:
+                watch.answer_within(self.deadline_seconds + blob.size / _STORE_BYTES_PER_SECOND)
+            check_cancel(cancel)
+            if reporter is not None:
+                reporter.update(blob.digest, blob.size, min(done, blob.size))
+
+        def body() -> CountingReader:
+            watch.transfer_again()  # a body re-sent after a 401 is a transfer again
+            return CountingReader(opener(), blob.size, on_bytes)
+
+        with watch:
+            response = self._send(
+                target,
+                "PUT",
+                upload_url,
+                scope=scope,
+                headers={"Content-Type": "application/octet-stream"},
+                body=body,
+            )
+            with response:
+                self._check(response, f"upload of blob '{blob.digest}'", target, "push")
+                returned = response.headers.get("Docker-Content-Digest", blob.digest)
+                discard_body(response)
         if response.status_code != 201 or returned != blob.digest:
             raise RegistryError(
                 f"registry '{target.registry}' stored blob '{blob.digest}' as '{returned}' "
                 f"(HTTP {response.status_code}); the local file may have changed, try again",
                 details={"expected": blob.digest, "actual": returned},
             )
-        return True
 
 
 def _tags_for(ref: ModelRef) -> list[str]:

@@ -8,6 +8,11 @@ and a multimodal projector are downloaded into a staging folder in the store roo
 (``.tmp-huggingface-<key>``), checked against the listing's LFS sha256, packaged as an OCI
 artifact and stored under the tag ``huggingface.co/<repo>:<tag>``. An interrupted pull resumes
 from the staging folder.
+
+``HF_TOKEN`` goes only to the endpoint's origin (scheme, host, port): a pagination ``Link`` or a
+redirect to another origin (the Hub's CDN, or a hostile hub's choice) is followed without it, and
+never from https down to http. Listing pages are read through a 16 MiB cap within the registry
+deadline; file downloads run under the stall rule (``watchdog.py``).
 """
 
 from __future__ import annotations
@@ -39,11 +44,20 @@ from orchestrator.registry.manifest import read_limited
 from orchestrator.registry.progress import ProgressCallback, ProgressReporter
 from orchestrator.registry.transport import (
     check_cancel,
+    check_next_url,
     describe_failure,
     download_to_file,
     exclusive_partial,
     new_session,
     run_parallel,
+    same_origin,
+)
+from orchestrator.registry.watchdog import (
+    DEFAULT_DEADLINE_SECONDS,
+    DEFAULT_MIN_BYTES_PER_SECOND,
+    DEFAULT_STALL_SECONDS,
+    StallRule,
+    Watch,
 )
 from orchestrator.store.builder import build_gguf_artifact, store_artifact
 from orchestrator.store.reference import ModelRef
@@ -199,9 +213,13 @@ class HuggingFaceClient:
 
     Args:
         endpoint: Base URL of the Hub (``HF_ENDPOINT``), e.g. ``https://huggingface.co``.
-        token: ``HF_TOKEN``, sent as ``Authorization: Bearer`` to the endpoint only.
+        token: ``HF_TOKEN``, sent as ``Authorization: Bearer`` to the endpoint's origin only.
         timeout_seconds: Connect and read timeout of every request.
         max_parallel: Files downloaded at the same time.
+        deadline_seconds: Each listing page must arrive within this.
+        stall_seconds: Window of the download stall rule.
+        min_bytes_per_second: A download slower than this on average over the window is cut
+            (the partial file is kept for the next pull).
     """
 
     def __init__(
@@ -211,11 +229,16 @@ class HuggingFaceClient:
         token: str | None = None,
         timeout_seconds: float = 30.0,
         max_parallel: int = 4,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+        stall_seconds: float = DEFAULT_STALL_SECONDS,
+        min_bytes_per_second: float = DEFAULT_MIN_BYTES_PER_SECOND,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.token = token or None
         self.timeout_seconds = timeout_seconds
         self.max_parallel = max_parallel
+        self.deadline_seconds = deadline_seconds
+        self.stall = StallRule(stall_seconds, min_bytes_per_second)
         self.session = new_session(pool_size=max_parallel + 2)
 
     def close(self) -> None:
@@ -234,7 +257,7 @@ class HuggingFaceClient:
 
     def _get(self, url: str, headers: Mapping[str, str] | None = None) -> requests.Response:
         request_headers = dict(headers or {})
-        if self.token:
+        if self.token and same_origin(url, self.endpoint):
             request_headers["Authorization"] = f"Bearer {self.token}"
         try:
             return self.session.get(
@@ -313,18 +336,28 @@ class HuggingFaceClient:
         return sorted(files.values(), key=lambda f: f.path)
 
     def _list_page(self, url: str, repo: str) -> tuple[list[Any], str | None]:
-        response = self._get(url, {"Accept": "application/json"})
-        with response:
-            self._check(response, f"repository '{repo}'", repo)
-            data = read_limited(response, MAX_LISTING_BYTES, f"the file list of '{repo}'")
-            link = _NEXT_LINK.search(response.headers.get("Link", ""))
+        watch = Watch(
+            subject=f"hugging face at '{self.endpoint}'",
+            what=f"a page of the file list of '{repo}'",
+            deadline_seconds=self.deadline_seconds,
+        )
+        with watch:
+            response = self._get(url, {"Accept": "application/json"})
+            with response:
+                self._check(response, f"repository '{repo}'", repo)
+                data = read_limited(response, MAX_LISTING_BYTES, f"the file list of '{repo}'")
+                link = _NEXT_LINK.search(response.headers.get("Link", ""))
+        following = urljoin(url, link.group(1)) if link else None
+        if following is not None:
+            # _get sends HF_TOKEN only if the next page is on the endpoint's origin.
+            check_next_url(url, following, f"the file list of '{repo}'")
         try:
             entries = json.loads(data)
         except ValueError as ex:
             raise RegistryError(f"hugging face sent an unreadable file list for '{repo}'") from ex
         if not isinstance(entries, list):
             raise RegistryError(f"hugging face sent an unexpected file list for '{repo}'")
-        return entries, urljoin(url, link.group(1)) if link else None
+        return entries, following
 
     @staticmethod
     def _add_entry(entry: Any, files: dict[str, HubFile], folders: list[str]) -> None:
@@ -403,7 +436,15 @@ class HuggingFaceClient:
         target = staging / name
         layer_id = f"sha256:{file.sha256}" if file.sha256 else file.path
 
+        watch = Watch(
+            subject=f"hugging face at '{self.endpoint}'",
+            what=f"the download of '{file.path}' of '{repo}'",
+            retry="pull again (it resumes)",
+            stall=self.stall,
+        )
+
         def on_bytes(done: int) -> None:
+            watch.progress(done)
             check_cancel(cancel)
             reporter.update(layer_id, file.size, done)
 
@@ -416,18 +457,19 @@ class HuggingFaceClient:
             if target.is_file() and target.stat().st_size == file.size:
                 reporter.update(layer_id, file.size, file.size)
                 return
-            download_to_file(
-                lambda url, headers: self._get(url, headers),
-                self.session,
-                f"{self.endpoint}/{repo}/resolve/{REVISION}/{quote(file.path)}",
-                partial,
-                what=f"file '{file.path}' of '{repo}'",
-                size=file.size,
-                sha256_hex=file.sha256,
-                check=lambda response, what: self._check(response, what, repo),
-                timeout=self._timeout,
-                on_bytes=on_bytes,
-            )
+            with watch:
+                download_to_file(
+                    lambda url, headers: self._get(url, headers),
+                    self.session,
+                    f"{self.endpoint}/{repo}/resolve/{REVISION}/{quote(file.path)}",
+                    partial,
+                    what=f"file '{file.path}' of '{repo}'",
+                    size=file.size,
+                    sha256_hex=file.sha256,
+                    check=lambda response, what: self._check(response, what, repo),
+                    timeout=self._timeout,
+                    on_bytes=on_bytes,
+                )
             try:
                 with open(partial, "rb+") as handle:
                     os.fsync(handle.fileno())

@@ -4,7 +4,10 @@ Everything a registry returns is untrusted: the manifest is checked by the store
 :func:`~orchestrator.store.records.parse_manifest` (one OCI or Docker v2 image manifest with
 well-formed descriptors), then by :func:`check_transferable` (``sha256`` digests, a config
 media type of :data:`~orchestrator.store.mediatypes.SUPPORTED_CONFIGS`). Reads of small documents
-are bounded so a hostile server cannot fill memory.
+are bounded so a hostile server cannot fill memory: every body the registry code reads whole
+goes through :func:`read_limited` (manifests 4 MiB, configs 64 MiB, tokens 1 MiB, Hub listings
+16 MiB per page) or :func:`read_error_prefix` (error answers: the first 64 KiB, then the
+connection is dropped rather than drained).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 from orchestrator.errors import (
     InvalidRequestError,
@@ -33,10 +37,47 @@ class Descriptor:
     size: int
 
 
-def error_codes(response: requests.Response) -> list[str]:
-    """Return the registry's ``errors[].code`` list (empty for non-JSON answers)."""
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_TOKEN_BYTES = 1024 * 1024
+_READ_BYTES = 64 * 1024
+# What a read of a streamed body raises when the connection breaks: requests wraps most of
+# urllib3's errors, the rest (and plain socket errors) are caught too so none becomes a 500.
+READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+def read_error_prefix(response: requests.Response, limit: int = MAX_ERROR_BODY_BYTES) -> bytes:
+    """Return at most the first ``limit`` bytes of an error answer's body; never raise.
+
+    The body only feeds a message, and a hostile server may send gigabytes: reading stops at
+    ``limit`` (closing the response then drops the connection instead of draining it), and a
+    body that breaks off (a chunk cut short, a reset) yields what arrived.
+    """
+    parts: list[bytes] = []
+    total = 0
     try:
-        body = response.json()
+        for chunk in response.iter_content(min(limit, _READ_BYTES)):
+            parts.append(chunk[: limit - total])
+            total += len(parts[-1])
+            if total >= limit:
+                break
+    except READ_ERRORS:
+        pass
+    return b"".join(parts)
+
+
+def discard_body(response: requests.Response) -> None:
+    """Read and drop a small answer's body (a 201's, a HEAD's), at most 64 KiB.
+
+    A body read to its end hands the connection back to the pool for the next request; one
+    left unread makes closing the response close the connection too.
+    """
+    read_error_prefix(response)
+
+
+def error_codes(response: requests.Response) -> list[str]:
+    """Return the registry's ``errors[].code`` list (empty for non-JSON or oversized answers)."""
+    try:
+        body = json.loads(read_error_prefix(response))
         return [str(item.get("code")) for item in body.get("errors", []) if isinstance(item, dict)]
     except (ValueError, AttributeError, TypeError):
         return []
@@ -51,7 +92,7 @@ def read_limited(response: requests.Response, limit: int, what: str) -> bytes:
     parts: list[bytes] = []
     total = 0
     try:
-        for chunk in response.iter_content(64 * 1024):
+        for chunk in response.iter_content(min(limit + 1, _READ_BYTES)):
             total += len(chunk)
             if total > limit:
                 raise RegistryError(
@@ -59,7 +100,7 @@ def read_limited(response: requests.Response, limit: int, what: str) -> bytes:
                     details={"url": response.url},
                 )
             parts.append(chunk)
-    except requests.RequestException as ex:
+    except READ_ERRORS as ex:
         raise RegistryError(
             f"reading {what} failed (the connection broke); try again later",
             details={"error": str(ex)},

@@ -42,14 +42,26 @@ def pull_model(
             store's errors.
     """
     env = os.environ if environ is None else environ
+    deadline = config.registry_deadline_seconds
+    stall = config.registry_stall_seconds
+    floor = config.registry_min_bytes_per_second
     if ref.is_huggingface:
         token = bearer_token or env.get("HF_TOKEN") or None
-        with HuggingFaceClient(endpoint=config.hf_endpoint, token=token) as hub:
+        with HuggingFaceClient(
+            endpoint=config.hf_endpoint,
+            token=token,
+            deadline_seconds=deadline,
+            stall_seconds=stall,
+            min_bytes_per_second=floor,
+        ) as hub:
             return hub.pull(ref, store, progress)
     with RegistryClient(
         insecure_registries=config.insecure_registries,
         bearer_token=bearer_token,
         docker_config_dir=docker_config_dir,
         environ=environ,
+        deadline_seconds=deadline,
+        stall_seconds=stall,
+        min_bytes_per_second=floor,
     ) as client:
         return client.pull(ref, store, progress)

@@ -6,6 +6,12 @@ left by an earlier attempt is re-hashed and continued with ``Range: bytes=N-``; 
 whose ``Content-Range`` starts at ``N`` continues it, a ``200`` starts again from 0 (DMR's rules;
 Debian's ``docker-registry`` 2.8 answers ``Range`` on blobs). Redirects are followed here so the
 ``Range`` header survives them and ``Authorization`` never leaves the origin that asked for it.
+
+Credentials stay with their origin (scheme, host and port, :func:`origin`): a hop to another
+origin goes without ``Authorization``, and a hop from ``https`` to anything else is refused
+(:func:`check_next_url`), since a downgrade would hand the transfer to anyone on the path. A body
+longer than its descriptor's size is cut after the first chunk past it and refused; a body that
+ends early keeps its partial file so the next pull resumes it.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ from typing import IO, BinaryIO
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
+import requests.auth
 
 from orchestrator import __version__
 from orchestrator.errors import DigestMismatchError, RegistryError
+from orchestrator.registry.watchdog import WatchedAdapter
 
 CHUNK_BYTES = 1024 * 1024
+# Blob bodies are read in pieces this small so the stall rule (watchdog.py) sees steady progress
+# on a slow link: urllib3 returns a piece only once all of it has arrived.
+READ_BYTES = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_REDIRECTS = 10
 USER_AGENT = f"model-runner-python/{__version__} (model-distribution)"
 
@@ -61,16 +73,64 @@ def describe_failure(ex: BaseException) -> str:
 def new_session(pool_size: int = 8) -> requests.Session:
     """Return a session with our User-Agent and a pool large enough for parallel layers."""
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+    # Watched connections: a Watch (watchdog.py) can cut a transfer that is too slow.
+    adapter = WatchedAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
+    # Never ~/.netrc: requests would replace our Authorization with its entry, and Debian 12's
+    # requests 2.28 leaks it on crafted URLs (CVE-2024-47081). trust_env stays on for the proxy
+    # and CA-bundle variables the service's environment file documents.
+    session.auth = _NoNetrc()
     return session
 
 
-def _origin(url: str) -> tuple[str, str]:
+class _NoNetrc(requests.auth.AuthBase):
+    """Session auth that changes nothing: with any ``auth`` set, requests skips ``.netrc``."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Return the origin of ``url``: scheme, lowercased host and port (the default filled in).
+
+    User info is ignored (``http://u@h/`` is ``h``'s origin); an unparsable port gives ``None``.
+    """
     parts = urlsplit(url)
-    return parts.scheme, parts.netloc.lower()
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Return whether two URLs share scheme, host and port (only then may credentials follow)."""
+    return origin(url) == origin(other)
+
+
+def check_next_url(current: str, following: str, what: str) -> None:
+    """Refuse to go from ``current`` to ``following`` (a redirect, a ``Location``, a ``Link``).
+
+    Only ``http`` and ``https`` are followed, and never from ``https`` down to ``http``.
+
+    Raises:
+        RegistryError: The next URL is not http(s), or a downgrade.
+    """
+    scheme = urlsplit(following).scheme.lower()
+    if scheme not in ("http", "https") or not urlsplit(following).hostname:
+        raise RegistryError(
+            f"{what} pointed to {following!r}, which is not an http(s) URL; refusing to follow it",
+            details={"from": current, "to": following},
+        )
+    if urlsplit(current).scheme.lower() == "https" and scheme != "https":
+        raise RegistryError(
+            f"{what} pointed from https to plain http ({following!r}); refusing the downgrade, "
+            f"the server or something on the path is misbehaving",
+            details={"from": current, "to": following},
+        )
 
 
 def open_following_redirects(
@@ -85,9 +145,12 @@ def open_following_redirects(
 
     Every hop keeps ``headers`` (``Range`` above all). Hops on the first URL's origin go through
     ``fetch`` (authorized); hops elsewhere, typically a CDN with a signed URL, go without
-    ``Authorization``.
+    ``Authorization``. A hop from https to http is refused.
+
+    Raises:
+        RegistryError: Too many redirects, a downgrade, or the other origin is unreachable.
     """
-    origin = _origin(url)
+    first = url
     response = fetch(url, headers)
     for _ in range(MAX_REDIRECTS):
         if response.status_code not in (301, 302, 303, 307, 308):
@@ -96,8 +159,10 @@ def open_following_redirects(
         response.close()
         if not location:
             raise RegistryError(f"'{url}' redirected without a Location; try again later")
-        url = urljoin(url, location)
-        if _origin(url) == origin:
+        following = urljoin(url, location)
+        check_next_url(url, following, f"a redirect from '{url}'")
+        url = following
+        if same_origin(url, first):
             response = fetch(url, headers)
         else:
             try:
@@ -193,13 +258,26 @@ def download_to_file(
         )
     else:
         written = offset
+    if size is not None and written < size:
+        # Short is not proven wrong: the connection ended early. Keep the partial file so the
+        # next pull resumes it; the digest is checked once all bytes are there.
+        raise RegistryError(
+            f"the download of {what} ended after {written} of {size} bytes; pull again to "
+            f"resume it",
+            details={"url": url, "received": written, "expected_size": size},
+        )
     digest = hasher.hexdigest()
     if (size is not None and written != size) or (sha256_hex and digest != sha256_hex):
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+        got = (
+            f"more than the {size} bytes announced"
+            if size is not None and written > size
+            else f"{written} bytes with sha256 '{digest}'"
+        )
         raise DigestMismatchError(
-            f"{what} does not match its digest or size (got {written} bytes with sha256 "
-            f"'{digest}'); the server sent corrupt data and nothing was stored, try again later",
+            f"{what} does not match its digest or size (got {got}); the server sent corrupt "
+            f"data and nothing was stored, try again later",
             details={
                 "url": url,
                 "size": written,
@@ -246,7 +324,7 @@ def _stream(
         written = offset
         try:
             with open(partial, "ab") as out:
-                for chunk in response.iter_content(CHUNK_BYTES):
+                for chunk in response.iter_content(READ_BYTES):
                     written += len(chunk)
                     if size is not None and written > size:
                         break  # more than announced: the caller reports the mismatch

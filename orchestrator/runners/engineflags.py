@@ -62,6 +62,23 @@ ALLOWED_FLAGS: frozenset[str] = frozenset(
     """.split()  # noqa: SIM905 - one flag family per line reads better than a list literal
 )
 
+# The allowed flags that take no value; every other allowed flag takes exactly one (the next
+# item). Read off this build's `llama-server --help`; a test compares the two, so a new build
+# that changes a flag's arity fails CI instead of shifting every item after it.
+SWITCH_FLAGS: frozenset[str] = frozenset(
+    """
+    --swa-full --perf --no-perf --ignore-eos -kvo --kv-offload -nkvo --no-kv-offload --repack
+    -nr --no-repack --no-host -kvu --kv-unified -no-kvu --no-kv-unified --context-shift
+    --no-context-shift -cb --cont-batching -nocb --no-cont-batching --warmup --no-warmup
+    --cache-prompt --no-cache-prompt --cache-idle-slots --no-cache-idle-slots --mmproj-auto
+    --no-mmproj --no-mmproj-auto --mmproj-offload --no-mmproj-offload --spm-infill
+    --lora-init-without-apply -bs --backend-sampling --jinja --no-jinja --prefill-assistant
+    --no-prefill-assistant --no-webui --metrics --props --slots --no-slots --embedding
+    --embeddings --rerank --reranking -cmoe --cpu-moe --check-tensors --op-offload
+    --no-op-offload
+    """.split()  # noqa: SIM905
+)
+
 # Set by build_argv from the model and the store; a runtime flag must not move them.
 MANAGED_FLAGS: frozenset[str] = frozenset(
     {"-m", "--model", "--host", "--port", "--mmproj", "-mm", "--chat-template-file", "--path"}
@@ -154,7 +171,8 @@ def validate_runtime_flags(flags: Sequence[object]) -> tuple[str, ...]:
     Rules (DMR's, tightened): a token starting with ``-`` is a flag unless it is a negative
     number (``-1``, ``-0.5``: a value); every flag must be in :data:`ALLOWED_FLAGS`; no token
     may contain ``/``, ``\\`` or a NUL byte (no paths); ``--flag=value`` is refused (llama-server
-    takes the value as the next item and would refuse to start); the flags in
+    takes the value as the next item and would refuse to start); each flag not in
+    :data:`SWITCH_FLAGS` is followed by exactly one value and nothing else is; the flags in
     :data:`BOUNDED_FLAGS` need an integer value within their bounds.
 
     Raises:
@@ -183,8 +201,38 @@ def validate_runtime_flags(flags: Sequence[object]) -> tuple[str, ...]:
                     f"the value as two items"
                 )  # fmt: skip
         checked.append(flag)
+    _check_arity(checked)
     _check_bounds(checked)
     return tuple(checked)
+
+
+def _is_flag(token: str) -> bool:
+    return token.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(token)
+
+
+def _check_arity(flags: Sequence[str]) -> None:
+    """Each value flag is followed by its value, each switch by a flag or nothing.
+
+    Without this, ``["--chat-template", "--jinja"]`` would hand ``--jinja`` to llama-server as
+    the template's name, and a stray value would make the runner refuse to start.
+    """
+    index = 0
+    while index < len(flags):
+        token = flags[index]
+        if not _is_flag(token):
+            raise InvalidRequestError(
+                f"runtime flag value {token!r} follows no flag that takes a value; write each "
+                "value right after its flag, as in ['--temp', '0.7']",
+                param="runtime-flags",
+            )
+        if token in SWITCH_FLAGS:
+            index += 1
+            continue
+        value = flags[index + 1] if index + 1 < len(flags) else None
+        if value is None or _is_flag(value):
+            shown = "no value" if value is None else f"the flag {value!r}"
+            raise _reject(token, f"it takes a value, and {shown} follows it")
+        index += 2
 
 
 BOUNDED_FLAGS: dict[str, tuple[int, int, str]] = {

@@ -255,8 +255,9 @@ class RunnerProcess:
             return  # already gone; the reaper will report it
         body = {"pid": self.pid, "create_time": create_time, "argv": self.argv}
         try:
-            # mode=None: the umask decides, as it did for the plain write this replaced.
-            write_atomic(self.pid_path, json.dumps(body).encode("utf-8"), mode=None)
+            # 0600: the argv names model files, and only this user's daemon acts on pid files
+            # (sweep.py skips any it does not own). write_atomic never writes through a symlink.
+            write_atomic(self.pid_path, json.dumps(body).encode("utf-8"), mode=0o600)
         except OSError as ex:
             log.warning("cannot write runner pid file path=%s error=%s", self.pid_path, ex)
 

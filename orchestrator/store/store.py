@@ -459,6 +459,32 @@ class Store:
             except (OSError, InvalidRequestError) as ex:
                 log.warning("cannot remove blob digest=%s error=%s", digest, ex)
 
+    def remove_unused_blobs(self, digests: Iterable[str]) -> list[str]:
+        """Delete those of ``digests`` that no model in the index uses; return them.
+
+        For an import that failed after storing blobs of its own (``load_tar``): a blob that
+        a registered model names is kept, whoever stored it. Errors are logged, not raised: the
+        caller is already failing with the error that matters.
+        """
+        removed: list[str] = []
+        with self.lock():
+            try:
+                used = {digest for entry in self._entries() for digest in entry.files}
+            except StoreError as ex:
+                log.warning("not removing blobs, model index unreadable error=%s", ex.message)
+                return removed
+            for digest in dict.fromkeys(digests):
+                if digest in used:
+                    continue
+                try:
+                    self.layout.blob_path(digest).unlink()
+                    removed.append(digest)
+                except FileNotFoundError:
+                    pass
+                except (OSError, InvalidRequestError) as ex:
+                    log.warning("cannot remove blob digest=%s error=%s", digest, ex)
+        return removed
+
     def purge(self) -> None:
         """Delete everything in the store directory and re-initialise it.
 

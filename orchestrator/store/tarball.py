@@ -4,9 +4,17 @@ The archive holds, in order: the directory ``blobs``, for each layer the directo
 ``blobs/<alg>`` (once) and the file ``blobs/<alg>/<hex>`` (raw bytes, mode 0666), the config
 blob as ``blobs/<alg>/<hex>``, and last ``manifest.json`` (the raw manifest).
 
-Loading streams the archive (``tarfile`` mode ``r|``): each blob goes to its ``.incomplete``
-file, is hashed on the way, checked against its name and renamed into place, so a blob is
-never held in memory. The model is then registered without tags, as DMR does.
+Loading streams the archive (``tarfile`` mode ``r|``): each blob the store lacks goes to a
+private temporary file beside its final name, hashed on the way and checked against its name,
+so a blob is never held in memory. Nothing reaches the store until the whole archive has been
+read and its manifest names only blobs that are there (staged or stored): then, under the store
+lock, the staged blobs are renamed into place and the model is registered without tags, as DMR
+does. A rejected archive (bad entry, digest mismatch, truncated, no or bad manifest, too large,
+disk full) therefore leaves the blob directory as it found it: its temporary files are deleted
+and no stored blob is touched. Blobs the store already had are never written, nor deleted; a
+blob another import stored meanwhile wins over our copy. Only when registering fails after the
+renames (a config blob that is not JSON, an I/O error) are the blobs this import renamed into
+place deleted again, under the same lock hold and only if no model in the index uses them.
 """
 
 from __future__ import annotations
@@ -15,15 +23,23 @@ import contextlib
 import os
 import re
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol, cast
 
-from orchestrator.errors import InvalidRequestError, OrchestratorError, StoreError
+from orchestrator.atomicfile import TEMP_MARK
+from orchestrator.errors import (
+    InvalidRequestError,
+    OrchestratorError,
+    RequestTooLargeError,
+    StoreError,
+)
+from orchestrator.memory.sizes import format_bytes
 from orchestrator.store.layout import (
     copy_hashing,
+    ensure_dir,
     new_hasher,
-    open_incomplete,
     parse_digest,
     publish,
 )
@@ -153,23 +169,67 @@ def _progress_line(digest: str, size: int, current: int) -> dict[str, object]:
     }
 
 
-def _load_blob(
+class CappedReader:
+    """A body that refuses to give more than ``limit`` bytes (``/models/load``'s size cap).
+
+    Checked as the bytes are read, so a chunked upload (no Content-Length) is cut off as soon
+    as it passes the limit, with at most ``limit`` bytes written to the store's temporary files.
+    """
+
+    def __init__(self, source: Readable, limit: int) -> None:
+        self._source = source
+        self._limit = limit
+        self._count = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Return up to ``size`` bytes.
+
+        Raises:
+            RequestTooLargeError: The body has passed the limit.
+        """
+        allowed = self._limit - self._count + 1  # one more byte tells "over" from "exactly"
+        data = self._source.read(allowed if size < 0 else min(size, allowed))
+        self._count += len(data)
+        if self._count > self._limit:
+            raise too_large_error(self._limit)
+        return data
+
+
+def too_large_error(limit: int, length: int | None = None) -> RequestTooLargeError:
+    """Return the 413 for an archive over ``limit`` bytes (``length``: its Content-Length)."""
+    size = f"{format_bytes(length)} " if length is not None else ""
+    return RequestTooLargeError(
+        f"the model archive {size}is larger than the {format_bytes(limit)} this daemon accepts "
+        f"(max_load_size, DMR_MAX_LOAD_SIZE); raise that setting or pull the model from a "
+        f"registry instead"
+    )
+
+
+def _stage_blob(
     store: Store,
     source: IO[bytes],
     name: str,
     digest: str,
     size: int,
     progress: ProgressCallback | None,
-) -> None:
-    """Stream one blob entry into the store via its ``.incomplete`` file."""
+) -> Path:
+    """Copy one blob entry to a private temporary file and check it hashes to its name.
+
+    Returns:
+        The temporary file (``blobs/<alg>/load.tmp-*``), for the caller to publish or delete.
+    """
     algorithm, hex_digest = parse_digest(digest)
-    if store.has_blob(digest):
-        # Already stored: tarfile skips the unread data when moving to the next entry.
-        if progress is not None:
-            progress(_progress_line(digest, size, size))
-        return
-    incomplete = store.incomplete_path(digest)
-    handle, path = open_incomplete(incomplete)
+    directory = store.blob_path(digest).parent
+    ensure_dir(directory)
+    # TEMP_MARK in the name: the store's start-up sweep removes one a crash left behind.
+    try:
+        fd, temp_name = tempfile.mkstemp(dir=directory, prefix="load" + TEMP_MARK)
+    except OSError as ex:
+        raise StoreError(
+            f"cannot create a temporary file in '{directory}': {ex.strerror or ex}; check the "
+            f"free space and permissions of the model store"
+        ) from ex
+    path = Path(temp_name)
     hasher = new_hasher(algorithm)
     reported = 0
 
@@ -180,35 +240,31 @@ def _load_blob(
             progress(_progress_line(digest, size, done))
 
     try:
-        with handle:
+        with open(fd, "wb") as handle:
             copy_hashing(source, handle, hasher, on_chunk)
             handle.flush()
             os.fsync(handle.fileno())
-            if hasher.hexdigest() != hex_digest:
-                raise InvalidRequestError(
-                    f"tar entry '{name}' does not hash to its name (got "
-                    f"'{algorithm}:{hasher.hexdigest()}'); the archive is corrupt, export it again"
-                )
-            # Renamed while the flock is held, so a waiting writer sees the file has moved.
-            publish(path, store.blob_path(digest))
-    except (tarfile.TarError, EOFError, OSError):
-        # A truncated upload leaves a valid prefix in the shared .incomplete file, which a
-        # later pull may resume; a private file is of no use to anyone.
-        if path != incomplete:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        raise
+        if hasher.hexdigest() != hex_digest:
+            raise InvalidRequestError(
+                f"tar entry '{name}' does not hash to its name (got "
+                f"'{algorithm}:{hasher.hexdigest()}'); the archive is corrupt, export it again"
+            )
     except BaseException:
         with contextlib.suppress(OSError):
             path.unlink()
         raise
     if progress is not None:
         progress(_progress_line(digest, size, size))
+    return path
 
 
 def _read_entries(
-    store: Store, fileobj: Readable, progress: ProgressCallback | None
+    store: Store,
+    fileobj: Readable,
+    progress: ProgressCallback | None,
+    staged: dict[str, Path],
 ) -> bytes | None:
+    """Read the archive; stage each blob the store lacks into ``staged``; return the manifest."""
     manifest_bytes: bytes | None = None
     stream = cast(IO[bytes], fileobj)  # tarfile's stream mode calls read() only
     with tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -236,7 +292,14 @@ def _read_entries(
                 parse_digest(digest)
             except InvalidRequestError:
                 raise _bad_entry(member.name, "the name is not a valid digest") from None
-            _load_blob(store, extracted, member.name, digest, member.size, progress)
+            if digest in staged or store.has_blob(digest):
+                # Already here: tarfile skips the unread data when moving to the next entry.
+                if progress is not None:
+                    progress(_progress_line(digest, member.size, member.size))
+                continue
+            staged[digest] = _stage_blob(
+                store, extracted, member.name, digest, member.size, progress
+            )
     return manifest_bytes
 
 
@@ -245,20 +308,52 @@ def load_tar(
 ) -> ModelRecord:
     """Load a model archive from a stream into the store (no tags), as ``/models/load`` does.
 
+    All or nothing (see the module doc): a rejected archive leaves no blob behind.
+
     Args:
         store: Target store.
-        fileobj: The archive (read sequentially; need not be seekable).
+        fileobj: The archive (read sequentially; need not be seekable). Wrap it in a
+            :class:`CappedReader` to bound its size.
         progress: Called with DMR progress dicts (mode ``load``) about every 8 MiB per blob.
 
     Raises:
         InvalidRequestError: Not a tar archive, truncated, an unexpected or unsafe entry, a blob
             that does not hash to its name, no ``manifest.json``, a malformed manifest, or a
             blob it names missing.
+        RequestTooLargeError: The archive passed the :class:`CappedReader`'s limit.
         UnsupportedModelError: The manifest is an image index or not schema version 2.
         StoreError: The store cannot be written.
     """
+    staged: dict[str, Path] = {}
     try:
-        manifest_bytes = _read_entries(store, fileobj, progress)
+        manifest_bytes = _read_archive(store, fileobj, progress, staged)
+        manifest = parse_manifest(manifest_bytes)
+        digests = [str(layer["digest"]) for layer in manifest["layers"]]
+        digests.append(str(manifest["config"]["digest"]))
+        for digest in digests:
+            if digest not in staged and not store.has_blob(digest):
+                raise InvalidRequestError(
+                    f"the tar archive lacks blob '{digest}' named by its manifest.json; export "
+                    f"the model again"
+                )
+        return _commit(store, manifest_bytes, staged)
+    finally:
+        # Whatever was not renamed into place: every staged file on failure, and on success
+        # the copies of blobs another import stored first (published ones are gone already).
+        for path in staged.values():
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
+
+def _read_archive(
+    store: Store,
+    fileobj: Readable,
+    progress: ProgressCallback | None,
+    staged: dict[str, Path],
+) -> bytes:
+    """Return the archive's manifest bytes after staging its blobs (errors made ours)."""
+    try:
+        manifest_bytes = _read_entries(store, fileobj, progress, staged)
     except OrchestratorError:
         raise
     except (tarfile.TarError, EOFError) as ex:
@@ -272,13 +367,22 @@ def load_tar(
             "the tar archive has no 'manifest.json'; export the model again "
             "(GET /models/{name}/export)"
         )
-    manifest = parse_manifest(manifest_bytes)
-    digests = [str(layer["digest"]) for layer in manifest["layers"]]
-    digests.append(str(manifest["config"]["digest"]))
-    for digest in digests:
-        if not store.has_blob(digest):
-            raise InvalidRequestError(
-                f"the tar archive lacks blob '{digest}' named by its manifest.json; export the "
-                f"model again"
-            )
-    return store.add_model(manifest_bytes)
+    return manifest_bytes
+
+
+def _commit(store: Store, manifest_bytes: bytes, staged: dict[str, Path]) -> ModelRecord:
+    """Rename the staged blobs into place and register the model, as one store-lock hold."""
+    published: list[str] = []
+    with store.lock():
+        try:
+            for digest, path in staged.items():
+                # Stored meanwhile (another import, a pull): that copy stays, ours is dropped.
+                if not store.has_blob(digest):
+                    publish(path, store.blob_path(digest))
+                    published.append(digest)
+            return store.add_model(manifest_bytes)
+        except BaseException:
+            # Only what this import stored, and only if no model uses it: nothing else can
+            # have registered one meanwhile (add_model and delete take this lock).
+            store.remove_unused_blobs(published)
+            raise

@@ -103,8 +103,30 @@ async function apiError(response) {
   return new ApiError(message);
 }
 
+// DMR_API_KEY: when the daemon asks for a key (401), ask the user once and keep it for this tab
+// only (sessionStorage: gone with the tab, never written to disk by the page).
+const API_KEY_STORE = "dmr.dashboard.apikey";
+
+async function authorizedFetch(path, options = {}) {
+  const send = () => {
+    const key = sessionStorage.getItem(API_KEY_STORE);
+    const headers = { ...(options.headers || {}) };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    return fetch(path, { ...options, headers });
+  };
+  let response = await send();
+  if (response.status === 401) {
+    const key = window.prompt("This daemon needs its API key (DMR_API_KEY):");
+    if (key) {
+      sessionStorage.setItem(API_KEY_STORE, key.trim());
+      response = await send();
+    }
+  }
+  return response;
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, { cache: "no-store", ...options });
+  const response = await authorizedFetch(path, { cache: "no-store", ...options });
   if (!response.ok) throw await apiError(response);
   const type = response.headers.get("Content-Type") || "";
   return type.includes("json") ? response.json() : response.text();
@@ -329,7 +351,7 @@ async function pull(event) {
   setStatus(status, `Pulling ${ref}…`);
   let outcome = null;
   try {
-    const response = await fetch("/models/create", {
+    const response = await authorizedFetch("/models/create", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify({ from: ref }),
@@ -600,7 +622,7 @@ async function sendChat(event) {
   let usage = null;
   let stopped = false;
   try {
-    const response = await fetch("/engines/v1/chat/completions", {
+    const response = await authorizedFetch("/engines/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify({ model, messages: history, stream: true, stream_options: { include_usage: true } }),
@@ -683,7 +705,7 @@ async function followLogs() {
   const status = $("logs-status");
   for (;;) {
     try {
-      const response = await fetch("/logs?follow=true", { cache: "no-store" });
+      const response = await authorizedFetch("/logs?follow=true", { cache: "no-store" });
       if (!response.ok) throw await apiError(response);
       setStatus(status, "Following the daemon and engine logs.");
       let pending = [];

@@ -105,7 +105,8 @@ def test_preflight_allowed(harness: ApiHarness) -> None:
     assert result.headers["access-control-allow-origin"] == "http://127.0.0.1:8080"
     assert result.headers["access-control-allow-credentials"] == "true"
     assert result.headers["access-control-allow-methods"] == "GET, POST, DELETE"
-    assert result.headers["access-control-allow-headers"] == "*"
+    # DMR sends "*"; Authorization is named too, as "*" does not cover it (DMR_API_KEY).
+    assert result.headers["access-control-allow-headers"] == "*, Authorization"
     assert result.text == ""
 
 

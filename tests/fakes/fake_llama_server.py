@@ -24,7 +24,9 @@ its environment to runners, so tests set these with ``monkeypatch.setenv``):
 Like the real build it exits at once when the socket path already exists, and fails to load
 when the model file is missing. It answers llama-server's native ``POST /completion`` too
 (``tokens_predicted`` and ``timings``). Extra endpoints: ``GET /fake/argv`` (its argv and pid) and
-``POST /fake/crash`` (exit 3 immediately, mid-request).
+``POST /fake/crash`` (exit 3 immediately, mid-request). A chat or text completion whose body
+holds ``"fake_status"`` is answered with that status and ``"fake_error"`` as the JSON body (an
+engine error, such as llama-server's 500 for a field it cannot parse).
 """
 
 from __future__ import annotations
@@ -170,7 +172,9 @@ class Handler(BaseHTTPRequestHandler):
         if self._loading():
             return
         body = self._body()
-        if self.path in ("/v1/chat/completions", "/v1/completions"):
+        if self.path in ("/v1/chat/completions", "/v1/completions") and "fake_status" in body:
+            self._json(int(body["fake_status"]), body.get("fake_error", {}))
+        elif self.path in ("/v1/chat/completions", "/v1/completions"):
             with COUNTERS_LOCK:
                 COUNTERS["requests_processing"] += 1
             try:

@@ -167,6 +167,8 @@ ACCEPTED_FLAGS = [
     ["-cram", "0", "--threads-http", "8", "--prio", "2", "--prio-batch", "0"],
     ["--rope-freq-scale", "-0.5"],
     ["-ngl", "0", "-fa", "on"],
+    ["--jinja", "--chat-template", "chatml", "--no-webui"],
+    ["--ignore-eos", "--keep", "-1", "--metrics"],
     ["--chat-template-kwargs", '{"enable_thinking": false}'],
     [],
 ]
@@ -207,6 +209,13 @@ REJECTED_FLAGS = [
     (["--cache-ram", "lots"], "'lots'"),
     (["--threads=4\x00"], "NUL"),
     ([7], "must be strings"),
+    # A trailing value flag would swallow the next flag as its value.
+    (["--chat-template", "--jinja"], "the flag '--jinja' follows it"),
+    (["--chat-template"], "no value follows it"),
+    (["--temp"], "no value follows it"),
+    (["--jinja", "chatml"], "follows no flag"),  # a stray value: the runner would not start
+    (["0.7", "--temp"], "follows no flag"),
+    (["--temp", "0.7", "0.8"], "follows no flag"),
 ]
 
 

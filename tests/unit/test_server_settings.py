@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from orchestrator import server
+from orchestrator.errors import ConfigError
 from orchestrator.settings import Config
 
 
@@ -37,11 +39,38 @@ def test_fixed_worker_settings() -> None:
     application = server.DaemonApplication(config)
     cfg = application.cfg
     assert cfg.workers == 1
-    assert cfg.worker_class_str == "gthread"
-    assert cfg.threads == 7
+    assert cfg.worker_class_str == "orchestrator.httpserver.worker.LaneWorker"
+    limits = application.front_door_limits()
+    assert (limits.work_threads, limits.control_threads) == (7, config.control_threads)
+    assert limits.tls_port == 0
     assert cfg.max_requests == 0
     assert cfg.preload_app is False
     assert cfg.graceful_timeout >= server.DRAIN_SECONDS + config.stop_grace_seconds
     assert cfg.settings["worker_exit"].get() == application._worker_exit
     if "control_socket_disable" in cfg.settings:
         assert cfg.control_socket_disable is True
+
+
+def test_tls_listener_binds_the_tls_port_on_every_host(tmp_path: Path) -> None:
+    config = Config(
+        host=("127.0.0.1", "::1"), port=12434, tls_port=12444,
+        tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "k.pem"),
+    )
+    assert server.bind_addresses(config) == [
+        "127.0.0.1:12434", "[::1]:12434", "127.0.0.1:12444", "[::1]:12444",
+    ]
+
+
+def test_tls_needs_both_certificate_and_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="set both or neither"):
+        server.run(Config(host=("127.0.0.1",), tls_cert=str(tmp_path / "c.pem")))
+
+
+def test_unreadable_tls_certificate_is_refused_before_listening(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("not a certificate")
+    (tmp_path / "k.pem").write_text("not a key")
+    config = Config(
+        host=("127.0.0.1",), tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "k.pem")
+    )
+    with pytest.raises(ConfigError, match="MODEL_RUNNER_TLS_CERT"):
+        server.run(config)

@@ -29,7 +29,7 @@ def test_parse_duration_accepts_go_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5x", "m5", "5m3", "five", "1h-2m", "--1"])
+@pytest.mark.parametrize("text", ["", "5x", "m5", "5m3", "five", "1h-2m", "--1", "nan", "inf", "-inf", "1e400", "Infinity"])
 def test_parse_duration_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -109,3 +109,27 @@ def test_every_setting_is_a_config_field() -> None:
     assert {setting.name for setting in SETTINGS} == fields
     for setting in SETTINGS:
         assert getattr(Config(), setting.name) == setting.default
+
+
+def test_an_unreadable_default_file_is_skipped_but_a_named_one_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The packaged config.yaml is 0640 root:docker-model-runner (it may hold the API key): a
+    # user outside the group still gets a working CLI. (Tests run as root, who reads any mode,
+    # so the refusal is simulated.)
+    from orchestrator import settings
+
+    default = tmp_path / "config.yaml"
+    default.write_text("port: 1\n")
+    monkeypatch.setattr(settings, "DEFAULT_CONFIG_FILE", str(default))
+    real_read = Path.read_text
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> str:
+        if self == default:
+            raise PermissionError(13, "Permission denied")
+        return real_read(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    assert load(environ={}).port == 12434
+    with pytest.raises(ConfigError, match="Permission denied"):
+        load(config_file=str(default), environ={})

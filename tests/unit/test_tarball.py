@@ -244,3 +244,127 @@ def test_load_refuses_json_nested_deeper_than_the_parser_goes(target: Store, whe
         entries[-1] = ("manifest.json", json.dumps(manifest).encode())
     with pytest.raises(InvalidRequestError, match="nest|not valid JSON"):
         load_tar(target, _Stream(_tar(entries)))
+
+
+# --- a rejected archive leaves the store as it was (issue 12) -----------------------------------
+
+
+def _blob_files(store: Store) -> list[str]:
+    """Every file under blobs/, as relative paths (temporary and partial files included)."""
+    root = store.root / "blobs"
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
+def _with_config(artifact: FakeArtifact, config_bytes: bytes) -> list[tuple[str, bytes | None]]:
+    """The archive of ``artifact`` with its config blob replaced by ``config_bytes``."""
+    import json
+
+    manifest = json.loads(artifact.manifest_bytes)
+    manifest["config"]["digest"] = digest_of(config_bytes)
+    manifest["config"]["size"] = len(config_bytes)
+    entries = [
+        entry for entry in _entries_of(artifact)
+        if entry[0] != f"blobs/sha256/{artifact.config_digest[7:]}"
+    ]
+    entries[-1:-1] = [(f"blobs/sha256/{digest_of(config_bytes)[7:]}", config_bytes)]
+    entries[-1] = ("manifest.json", json.dumps(manifest).encode())
+    return entries
+
+
+def _rejected_archives() -> dict[str, bytes]:
+    artifact = make_artifact(
+        "fresh", layers=[(mediatypes.GGUF, b"fresh weights" * 100), (mediatypes.LICENSE, b"MIT")]
+    )
+    entries = _entries_of(artifact)
+    gguf, license_entry = entries[2], entries[3]
+    whole = _tar(entries)
+    wrong = (f"blobs/sha256/{digest_of(b'expected')[7:]}", b"tampered")
+    return {
+        # The GGUF layer is complete and good when the next entry fails.
+        "digest mismatch": _tar([*entries[:3], wrong, *entries[3:]]),
+        "truncated": whole[: whole.index(b"MIT") + 1],
+        "bad manifest": _tar([*entries[:-1], ("manifest.json", b'{"schemaVersion": 2}')]),
+        "missing blob": _tar([entry for entry in entries if entry is not license_entry]),
+        "unexpected entry": _tar([*entries[:-1], ("notes.txt", b"x"), entries[-1]]),
+        "config not json": _tar(_with_config(artifact, b"not json")),
+        "no manifest": _tar(entries[:-1]),
+        "gguf only": _tar([gguf]),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_rejected_archives()))
+def test_a_rejected_archive_leaves_the_blob_directory_as_it_was(target: Store, case: str) -> None:
+    """Nothing of a refused upload stays: no blob, no temporary or partial file."""
+    add_artifact(target, _artifact(), tags=["ai/m"])
+    before, models = _blob_files(target), target.list_models()
+    with pytest.raises((InvalidRequestError, StoreError)):
+        load_tar(target, _Stream(_rejected_archives()[case]))
+    assert _blob_files(target) == before
+    assert target.list_models() == models
+
+
+def test_a_blob_another_model_uses_survives_a_rejected_import(target: Store) -> None:
+    shared = _artifact()
+    add_artifact(target, shared, tags=["ai/m"])
+    reused = [layer for layer in shared.layers if layer[0] == mediatypes.LICENSE]
+    artifact = make_artifact(
+        "other",
+        layers=[(mediatypes.GGUF, b"other weights"), (reused[0][0], reused[0][1])],
+    )
+    # Registering fails after the blobs went into place: the shared license must stay.
+    with pytest.raises(InvalidRequestError, match="not valid JSON"):
+        load_tar(target, _Stream(_tar(_with_config(artifact, b"{broken"))))
+    assert target.has_blob(digest_of(b"license text"))
+    assert not target.has_blob(digest_of(b"other weights"))
+    for digest in target.resolve("ai/m").files:
+        assert target.has_blob(digest)
+    assert target.bundle(target.resolve("ai/m")).gguf_path.is_file()
+
+
+def test_a_blob_stored_meanwhile_by_another_import_survives(target: Store, store: Store) -> None:
+    """Two imports of the same blob: the one that fails must not delete the other's copy."""
+    weights = b"shared weights" * 1000
+    ours = make_artifact("ours", layers=[(mediatypes.GGUF, weights)])
+    theirs = make_artifact("theirs", layers=[(mediatypes.GGUF, weights)])
+    their_archive = io.BytesIO()
+    export_tar(store, add_artifact(store, theirs), their_archive)
+    loaded: list[str] = []
+
+    def meanwhile(event: dict[str, object]) -> None:
+        # Our copy of the weights is staged: the other import now stores and registers them.
+        layer = event["layer"]
+        if not loaded and isinstance(layer, dict) and layer["id"] == digest_of(weights):
+            loaded.append(load_tar(target, _Stream(their_archive.getvalue())).id)
+
+    with pytest.raises(InvalidRequestError, match="not valid JSON"):
+        load_tar(target, _Stream(_tar(_with_config(ours, b"[unterminated"))), meanwhile)
+    assert loaded == [theirs.model_id]
+    assert target.read_blob(digest_of(weights)) == weights
+    assert [model.id for model in target.list_models()] == [theirs.model_id]
+    assert not [name for name in _blob_files(target) if ".tmp-" in name or "incomplete" in name]
+
+
+def test_capped_reader_refuses_the_byte_after_the_limit() -> None:
+    from orchestrator.errors import RequestTooLargeError
+    from orchestrator.store.tarball import CappedReader
+
+    exact = CappedReader(io.BytesIO(b"x" * 100), 100)
+    assert exact.read() == b"x" * 100 and exact.read() == b""
+    over = CappedReader(io.BytesIO(b"x" * 101), 100)
+    assert over.read(60) == b"x" * 60
+    with pytest.raises(RequestTooLargeError, match="larger than the 100 B"):
+        over.read(60)
+
+
+def test_an_archive_over_the_cap_is_refused_while_streaming(target: Store) -> None:
+    from orchestrator.errors import RequestTooLargeError
+    from orchestrator.store.tarball import CappedReader
+
+    big = make_artifact("big", layers=[(mediatypes.GGUF, b"w" * (3 << 20))])
+    archive = _tar(_entries_of(big))
+    before = _blob_files(target)
+    source = _Stream(archive)
+    with pytest.raises(RequestTooLargeError):
+        load_tar(target, CappedReader(source, 1 << 20))
+    assert _blob_files(target) == before
+    assert source._buffer.tell() <= (1 << 20) + 65536  # stopped reading at the cap
