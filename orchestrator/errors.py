@@ -286,3 +286,32 @@ class TooManyRequestsError(OrchestratorError):
         retry_after: int | None = None,
     ) -> None:
         super().__init__(message, param=param, details=details, retry_after=retry_after or 1)
+
+
+class EngineRejectedError(OrchestratorError):
+    """The engine answered a translated request (Ollama, Responses) with an error status.
+
+    The status is the engine's (a 400 for a prompt over the context, say); the message is its
+    own words, so the client learns what to change. Raised only where a face must render the
+    error in its own protocol's shape; the OpenAI routes pass the engine's body through.
+    """
+
+    status = 400
+    type = "invalid_request_error"
+    code = "engine_rejected"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        type_: str | None = None,
+        param: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, param=param, details=details)
+        self.status = status if 400 <= status <= 599 else 502
+        if type_:
+            self.type = type_
+        elif self.status >= 500:
+            self.type = "server_error"

@@ -28,7 +28,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from orchestrator import unixhttp
+from orchestrator.api.faces import Face, error_document
 from orchestrator.errors import (
+    EngineRejectedError,
     InvalidRequestError,
     OrchestratorError,
     RunnerCrashedError,
@@ -128,8 +130,7 @@ def open_runner_connection(address: str) -> http.client.HTTPConnection:
     )
 
 
-
-def _timed_out(ex: BaseException, since: float | None) -> bool:
+def timed_out(ex: BaseException, since: float | None) -> bool:
     """Return whether a failed read was a timeout.
 
     A raw ``recv`` reports SO_RCVTIMEO as ``BlockingIOError``; http.client's reader turns it
@@ -166,9 +167,20 @@ def _response_headers(upstream: http.client.HTTPResponse) -> list[tuple[str, str
     return kept
 
 
-def error_event(error: OrchestratorError) -> bytes:
-    """Return one SSE event carrying ``error``: what the openai client raises APIError on."""
-    return b"data: " + json.dumps(error.to_dict()).encode() + b"\n\n"
+def error_event(error: OrchestratorError, face: Face = Face.OPENAI) -> bytes:
+    """Return one SSE event carrying ``error`` in the shape the face's client reads.
+
+    OpenAI: a ``data:`` event with the error object (the openai client raises ``APIError`` on
+    it). Anthropic: an ``event: error`` whose data is ``{"type": "error", "error": {...}}``,
+    what the anthropic SDK's stream raises on.
+    """
+    document = error_document(
+        face, error.status, error.message, error.type, error.code, error.param
+    )
+    data = json.dumps(document).encode()
+    if face is Face.ANTHROPIC:
+        return b"event: error\ndata: " + data + b"\n\n"
+    return b"data: " + data + b"\n\n"
 
 
 def dechunker(upstream: http.client.HTTPResponse, sock: socket.socket) -> Callable[[], bytes]:
@@ -237,6 +249,7 @@ class ProxyStream:
         timer: Request metrics, or ``None``.
         is_sse: Whether the body is ``text/event-stream`` (enables event-aligned errors).
         model: Model name for log lines and error messages.
+        face: The API face, for the shape of an error event.
     """
 
     def __init__(
@@ -248,7 +261,9 @@ class ProxyStream:
         *,
         is_sse: bool,
         model: str,
+        face: Face = Face.OPENAI,
     ) -> None:
+        self._face = face
         self._conn = conn
         self._upstream = upstream
         self._lease = lease
@@ -317,7 +332,7 @@ class ProxyStream:
             )
         # Chunked bodies are read from the raw socket; the others arrive at once after the
         # headers, so the clock since the start tells their timeout apart.
-        if _timed_out(ex, None if self._upstream.chunked else self._started):
+        if timed_out(ex, None if self._upstream.chunked else self._started):
             return RunnerTimeoutError(
                 f"the runner of model {self._model!r} sent nothing for "
                 f"{READ_TIMEOUT_SECONDS:.0f}s; retry the request"
@@ -373,7 +388,7 @@ class ProxyStream:
                 yield held
         except (OSError, http.client.HTTPException) as ex:
             log.warning("proxy stream failed model=%s error=%r", self._model, ex)
-            yield error_event(self._failure(ex))
+            yield error_event(self._failure(ex), self._face)
         finally:
             self._finish()
 
@@ -400,6 +415,31 @@ def engine_rejection(body: bytes) -> InvalidRequestError | None:
         f"the engine could not read {field!r} in the request ({message.strip()}); send it in "
         "the OpenAI format",
         param=field,
+    )
+
+
+def engine_error(model: str, status: int, body: bytes) -> OrchestratorError:
+    """Return the error to raise for an engine answer with an error status (``body``: its
+    first bytes), for faces that render errors in their own shape."""
+    rejection = engine_rejection(body) if status == 500 else None
+    if rejection is not None:
+        return rejection
+    message = ""
+    type_ = None
+    try:
+        error = json.loads(body).get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message") or "")
+            type_ = error.get("type") if isinstance(error.get("type"), str) else None
+        elif isinstance(error, str):
+            message = error
+    except (ValueError, AttributeError):
+        pass
+    if not message:
+        text = body.decode("utf-8", "replace").strip()[:500]
+        message = f"the engine answered HTTP {status}" + (f": {text}" if text else "")
+    return EngineRejectedError(
+        f"model {model!r}: {message}", status=status, type_=type_, details={"status": status}
     )
 
 
@@ -444,6 +484,26 @@ def _finish_engine_error(
     resp.data = body if req.method != "HEAD" else None
 
 
+def _raise_engine_error(
+    conn: http.client.HTTPConnection,
+    upstream: http.client.HTTPResponse,
+    lease: LeaseLike,
+    timer: TimerLike | None,
+    model: str,
+) -> None:
+    """Read an engine error answer (64 KiB at most) and raise it for the face's renderer."""
+    try:
+        body = upstream.read(MAX_ENGINE_ERROR_BYTES)
+    except (OSError, http.client.HTTPException):
+        body = b""
+    finally:
+        conn.close()
+        lease.release()
+        if timer is not None:
+            timer.finish()
+    raise engine_error(model, upstream.status, body)
+
+
 def abort_streams() -> int:
     """Cut every stream in flight (daemon shutdown); return how many there were."""
     with _active_lock:
@@ -469,6 +529,7 @@ def forward(
     body: bytes,
     model: str,
     timer: TimerLike | None = None,
+    face: Face = Face.OPENAI,
 ) -> None:
     """Send ``body`` to the runner of ``lease`` and set up ``resp`` to stream its answer.
 
@@ -483,6 +544,8 @@ def forward(
         body: The client's body bytes, forwarded unchanged.
         model: Model name for messages.
         timer: Request metrics hooks.
+        face: The API face: on any face but OpenAI an engine error status is raised as
+            :class:`EngineRejectedError` (rendered in the face's shape) instead of passed on.
 
     Raises:
         RunnerCrashedError: The runner could not be reached or died before answering.
@@ -501,9 +564,9 @@ def forward(
     except (OSError, http.client.HTTPException) as ex:
         conn.close()
         if timer is not None:
-            timer.status = 504 if _timed_out(ex, sent) else 502
+            timer.status = 504 if timed_out(ex, sent) else 502
         try:
-            if _timed_out(ex, sent):
+            if timed_out(ex, sent):
                 raise RunnerTimeoutError(
                     f"the runner of model {model!r} did not answer within "
                     f"{READ_TIMEOUT_SECONDS:.0f}s; retry the request",
@@ -532,6 +595,8 @@ def forward(
     if upstream.status == 500 and length is not None and length <= MAX_ENGINE_ERROR_BYTES:
         _finish_engine_error(req, resp, conn, upstream, lease, timer, model)
         return
+    if upstream.status >= 400 and face is not Face.OPENAI:
+        _raise_engine_error(conn, upstream, lease, timer, model)
     resp.status = upstream.status
     content_type = upstream.getheader("Content-Type") or ""
     resp.set_headers(_response_headers(upstream))
@@ -543,6 +608,7 @@ def forward(
         timer,
         is_sse=content_type.startswith("text/event-stream"),
         model=model,
+        face=face,
     )
     if req.method == "HEAD" or upstream.status in _BODILESS:
         # Falcon sends no body for these and would never iterate (or close) the stream.

@@ -40,7 +40,7 @@ def _set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
     # NOTE(api): on a socket with a Python timeout every recv() is preceded by a poll(); a
     # blocking socket with SO_RCVTIMEO keeps the bound and saves that system call on every
     # streamed token. A timed-out recv() then raises BlockingIOError (or, inside http.client's
-    # reader, ends as a short read) instead of TimeoutError: see proxy._timed_out().
+    # reader, ends as a short read) instead of TimeoutError: see proxy.timed_out().
     sock.settimeout(None)
     whole = int(seconds)
     timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))

@@ -55,13 +55,30 @@ def add_routes(app: falcon.App, ctx: ApiContext) -> None:
     """Register every route of the table above on ``app``."""
     # Imported here: every api module loads this package first, and a module such as
     # api.shared must not drag every resource (and their imports) in with it.
-    from orchestrator.api import engines, health, logs, metrics, models, openai, openapi, ui
+    from orchestrator.api import (
+        anthropic,
+        engines,
+        health,
+        logs,
+        metrics,
+        models,
+        ollama,
+        openai,
+        openapi,
+        recorder,
+        responses,
+        ui,
+    )
 
     app.add_route("/", health.RootResource())
     ui.add_routes(app, ctx)
     app.add_route("/version", health.VersionResource())
     app.add_route(openapi.OPENAPI_PATH, openapi.OpenAPIResource())
     openai.add_routes(app, ctx)
+    ollama.add_routes(app, ctx)
+    anthropic.add_routes(app, ctx)
+    responses.add_routes(app, ctx)
+    recorder.add_routes(app, ctx)
     models.add_routes(app, ctx)
     engines.add_routes(app, ctx)
     app.add_route("/metrics", metrics.MetricsResource(ctx))

@@ -1,4 +1,4 @@
-"""The one error renderer of the API: every failure leaves as the OpenAI error shape.
+"""The one error renderer of the API: every failure leaves in the error shape of its face.
 
 Three handlers cover every path (house style 3.6):
 
@@ -9,7 +9,10 @@ Three handlers cover every path (house style 3.6):
 - Anything else: the traceback is logged with the request id and the client gets a 500
   ``internal_error`` whose message names that id, never the exception text.
 
-The body is always ``{"error": {"message", "type", "param", "code"}}`` with all four keys.
+The body is ``{"error": {"message", "type", "param", "code"}}`` with all four keys on the OpenAI
+and Responses faces; Ollama's paths (``/api/...``) get ``{"error": "<message>"}`` and Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` (:mod:`orchestrator.api.faces` picks the
+shape from the path).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import falcon
 
+from orchestrator.api.faces import error_bytes, face_of_path
 from orchestrator.errors import OrchestratorError
 
 log = logging.getLogger(__name__)
@@ -95,7 +99,9 @@ def serialize_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.
         ("server_error", "internal_error") if status >= 500 else ("invalid_request_error", None),
     )
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = error_body(_http_error_message(req, ex, status), type_, code)
+    resp.data = error_bytes(
+        face_of_path(req.path), status, _http_error_message(req, ex, status), type_, code
+    )
     log.info(
         "request failed rid=%s status=%d code=%s path=%s",
         request_id_of(req),
@@ -111,7 +117,9 @@ def handle_orchestrator_error(
     """Render an :class:`OrchestratorError` (``add_error_handler``)."""
     resp.status = ex.status
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = json.dumps(ex.to_dict()).encode()
+    resp.data = error_bytes(
+        face_of_path(req.path), ex.status, ex.message, ex.type, ex.code, ex.param
+    )
     if ex.retry_after is not None:  # 429 and 503 refusals say when to come back
         resp.set_header("Retry-After", str(ex.retry_after))
     _discard_stream(resp)
@@ -146,7 +154,9 @@ def handle_unexpected_error(
     resp.status = 500
     resp.content_type = falcon.MEDIA_JSON
     _discard_stream(resp)
-    resp.data = error_body(
+    resp.data = error_bytes(
+        face_of_path(req.path),
+        500,
         f"internal error while handling request {request_id!r}; the daemon log has the details",
         "server_error",
         "internal_error",

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import falcon
 
+from orchestrator.api.faces import face_of_path
 from orchestrator.errors import OriginNotAllowedError
 
 log = logging.getLogger("orchestrator.access")
@@ -34,8 +35,18 @@ EXPERIMENTAL_PREFIX = "/exp/vDD4.40"
 _REQUEST_ID_HEADER = "X-Request-Id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 _DEFAULT_ORIGIN_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0")
-# Path prefixes that get CORS treatment, as DMR wraps exactly these sub-handlers.
-_CORS_PREFIXES = ("/models", "/engines", "/v1", "/rerank", "/score")
+# Path prefixes that get CORS treatment: DMR's sub-handlers plus every API face a browser app
+# may call (Ollama's /api, Anthropic's /anthropic, the bare /responses alias).
+_CORS_PREFIXES = (
+    "/models",
+    "/engines",
+    "/v1",
+    "/rerank",
+    "/score",
+    "/api",
+    "/anthropic",
+    "/responses",
+)
 _ALLOW_METHODS = "GET, POST, DELETE"
 
 
@@ -135,13 +146,14 @@ class RequestContextMiddleware:
         started = getattr(req.context, "started", None)
         elapsed_ms = (time.monotonic() - started) * 1000 if started is not None else 0.0
         log.info(
-            '%s "%s %s" %s %.1fms rid=%s%s',
+            '%s "%s %s" %s %.1fms rid=%s face=%s%s',
             req.remote_addr or "-",
             req.method,
             req.path,
             str(resp.status).split(" ", 1)[0],
             elapsed_ms,
             getattr(req.context, "request_id", "-"),
+            face_of_path(req.path).value,
             " stream" if resp.stream is not None else "",
         )
 

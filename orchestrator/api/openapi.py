@@ -1,6 +1,7 @@
 """``GET /openapi.json``: the OpenAPI 3.1 document of the whole API.
 
-The document is data: ``openapi.yaml`` beside this module. YAML rather than a Python dict
+The document is data: ``openapi.yaml`` beside this module, plus one part per API face
+(``openapi-ollama.yaml``...). YAML rather than a Python dict
 because it carries comments and anchors, so an operation served under three alias paths is
 written once and still listed under each concrete path, and a schema reads as a schema. It is
 read once when the routes are built, stripped of its ``x-fragments`` (the anchors' home), given
@@ -25,11 +26,38 @@ DOCUMENT_PATH = Path(__file__).with_name("openapi.yaml")
 OPENAPI_PATH = "/openapi.json"
 
 
-def load_document(path: Path = DOCUMENT_PATH) -> dict[str, Any]:
-    """Return the OpenAPI document as served: without ``x-fragments``, with our version."""
+def _read_yaml(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
         document: dict[str, Any] = yaml.safe_load(handle)
     document.pop("x-fragments", None)
+    return document
+
+
+def _merge_part(document: dict[str, Any], part: dict[str, Any], name: str) -> None:
+    """Add a part's paths, tags and components to ``document``; a name given twice is a bug."""
+    for path, item in (part.get("paths") or {}).items():
+        if path in document["paths"]:
+            raise ValueError(f"{name}: path {path} is already in the OpenAPI document")
+        document["paths"][path] = item
+    document.setdefault("tags", []).extend(part.get("tags") or [])
+    for section, entries in (part.get("components") or {}).items():
+        target = document.setdefault("components", {}).setdefault(section, {})
+        for key, value in entries.items():
+            if key in target:
+                raise ValueError(f"{name}: components/{section}/{key} is already defined")
+            target[key] = value
+
+
+def load_document(path: Path = DOCUMENT_PATH) -> dict[str, Any]:
+    """Return the OpenAPI document as served: without ``x-fragments``, with our version.
+
+    Each API face other than OpenAI keeps its paths in a part beside the main file
+    (``openapi-<face>.yaml``: ``paths``, ``tags`` and ``components`` of its own, which may
+    ``$ref`` the main file's components); the parts are merged in name order.
+    """
+    document = _read_yaml(path)
+    for part_path in sorted(path.parent.glob(f"{path.stem}-*{path.suffix}")):
+        _merge_part(document, _read_yaml(part_path), part_path.name)
     document["info"]["version"] = __version__
     return document
 

@@ -33,11 +33,20 @@ _LABEL_NAMES = ("model", "mode")
 class RequestTimer:
     """Timing of one request; :meth:`finish` is idempotent."""
 
-    __slots__ = ("_finished", "_first_byte_done", "_labels", "_started", "_stats", "status")
+    __slots__ = (
+        "_face",
+        "_finished",
+        "_first_byte_done",
+        "_labels",
+        "_started",
+        "_stats",
+        "status",
+    )
 
-    def __init__(self, stats: RequestStats, labels: Labels) -> None:
+    def __init__(self, stats: RequestStats, labels: Labels, face: str = "openai") -> None:
         self._stats = stats
         self._labels = labels
+        self._face = face
         self._started = time.monotonic()
         self._first_byte_done = False
         self._finished = False
@@ -55,7 +64,9 @@ class RequestTimer:
         if self._finished:
             return
         self._finished = True
-        self._stats.observe_finish(self._labels, time.monotonic() - self._started, self.status)
+        self._stats.observe_finish(
+            self._labels, time.monotonic() - self._started, self.status, self._face
+        )
 
 
 class RequestStats(Collector):
@@ -85,6 +96,13 @@ class RequestStats(Collector):
             buckets=DURATION_BUCKETS,
             registry=None,
         )
+        self._by_face = Counter(
+            "dmr_api_requests_total",
+            "Finished inference requests, per API face (openai, ollama, anthropic, responses), "
+            "model and HTTP status.",
+            ("face", "model", "status"),
+            registry=None,
+        )
         self._first_byte = Histogram(
             "dmr_request_time_to_first_byte_seconds",
             "Time from request arrival to the first body byte from the engine.",
@@ -93,22 +111,25 @@ class RequestStats(Collector):
             registry=None,
         )
 
-    def begin(self, model: str, mode: str) -> RequestTimer:
-        """Count a request in flight and return its timer."""
+    def begin(self, model: str, mode: str, face: str = "openai") -> RequestTimer:
+        """Count a request in flight and return its timer (``face``: the API it came by)."""
         labels: Labels = (model, mode)
         self._in_flight.labels(*labels).inc()
-        return RequestTimer(self, labels)
+        return RequestTimer(self, labels, face)
 
     def observe_first_byte(self, labels: Labels, seconds: float) -> None:
         """Record one time to first byte (called by :class:`RequestTimer`)."""
         self._first_byte.labels(*labels).observe(seconds)
 
-    def observe_finish(self, labels: Labels, seconds: float, status: int) -> None:
+    def observe_finish(
+        self, labels: Labels, seconds: float, status: int, face: str = "openai"
+    ) -> None:
         """Record one finished request (called by :class:`RequestTimer`)."""
         # Each timer finishes once after its begin(), so the gauge never goes below zero.
         self._in_flight.labels(*labels).dec()
         self._duration.labels(*labels).observe(seconds)
         self._totals.labels(*labels, str(status or 0)).inc()
+        self._by_face.labels(face, labels[0], str(status or 0)).inc()
 
     def in_flight(self, model: str, mode: str) -> int:
         """Return how many requests for ``model`` in ``mode`` are being served."""
@@ -124,6 +145,7 @@ class RequestStats(Collector):
         return [
             *self._in_flight.collect(),
             *without_created(self._totals),
+            *without_created(self._by_face),
             *without_created(self._duration),
             *without_created(self._first_byte),
         ]

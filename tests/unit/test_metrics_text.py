@@ -39,6 +39,8 @@ DAEMON_HEADERS = """\
 # TYPE dmr_requests_in_flight gauge
 # HELP dmr_requests_total Finished inference requests, per model, mode and HTTP status.
 # TYPE dmr_requests_total counter
+# HELP dmr_api_requests_total Finished inference requests, per API face (openai, ollama, anthropic, responses), model and HTTP status.
+# TYPE dmr_api_requests_total counter
 # HELP dmr_request_duration_seconds Inference request duration including runner start, per model and mode.
 # TYPE dmr_request_duration_seconds histogram
 # HELP dmr_request_time_to_first_byte_seconds Time from request arrival to the first body byte from the engine.
