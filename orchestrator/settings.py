@@ -480,6 +480,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest model archive POST /models/load accepts (256GiB, bytes); larger ones get "
         "413; 0 = no limit.",
     ),
+    Setting(
+        "responses_max_stored",
+        1000,
+        _to_non_negative_int,
+        "DMR_RESPONSES_MAX_STORED",
+        "Responses API: most responses kept for retrieval and previous_response_id (oldest "
+        "dropped first); 0 = store none.",
+    ),
+    Setting(
+        "responses_ttl",
+        3600.0,
+        parse_duration,
+        "DMR_RESPONSES_TTL",
+        "Responses API: a stored response is dropped this long after it was last written "
+        "(1h; a Go duration).",
+    ),
+    Setting(
+        "recorder_max_per_model",
+        10,
+        _to_non_negative_int,
+        "DMR_RECORDER_MAX_PER_MODEL",
+        "Request recorder (/engines/requests): most recent requests kept per model; 0 = "
+        "record nothing.",
+    ),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -529,6 +553,9 @@ class Config:
     log_max_size: int = 20 * MiB
     log_backups: int = 3
     max_load_size: int = 256 * 1024 * MiB
+    responses_max_stored: int = 1000
+    responses_ttl: float = 3600.0
+    recorder_max_per_model: int = 10
 
     @property
     def store_root(self) -> Path:
