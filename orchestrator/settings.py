@@ -106,6 +106,45 @@ def _to_list(value: object) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
+_RPC_HOST = re.compile(
+    r"(?:\d{1,3}(?:\.\d{1,3}){3}"  # IPv4
+    r"|[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)"
+)
+MAX_RPC_SERVERS = 16
+"""Most llama.cpp RPC workers one runner may be given."""
+
+
+def parse_rpc_servers(value: object) -> tuple[str, ...]:
+    """Parse a comma list of llama.cpp RPC workers (``host:port,...``) into a tuple.
+
+    Each item is an IPv4 address or a DNS name, a colon and a port from 1 to 65535:
+    llama.cpp splits an endpoint at its first colon, so IPv6 addresses cannot be written. No
+    spaces inside an item, no duplicates, at most :data:`MAX_RPC_SERVERS`. An empty value is
+    an empty tuple (no workers).
+
+    Raises:
+        ValueError: An item is not ``host:port``, or the list is too long or repeats one.
+    """
+    items = _to_list(value)
+    found: list[str] = []
+    for item in items:
+        host, colon, port = item.rpartition(":")
+        if not colon or not host or not _RPC_HOST.fullmatch(host) or len(host) > 253:
+            raise ValueError(
+                f"RPC worker {item!r} is not host:port (an IPv4 address or a host name, then "
+                f"a port, as in 192.168.1.20:50052)"
+            )
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"RPC worker {item!r} needs a port between 1 and 65535")
+        endpoint = f"{host.lower()}:{int(port)}"
+        if endpoint in found:
+            raise ValueError(f"RPC worker {item!r} is listed twice")
+        found.append(endpoint)
+    if len(found) > MAX_RPC_SERVERS:
+        raise ValueError(f"at most {MAX_RPC_SERVERS} RPC workers, got {len(found)}")
+    return tuple(found)
+
+
 def _to_path(value: object) -> str:
     text = str(value).strip()
     return str(Path(text).expanduser()) if text else ""
@@ -411,6 +450,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Most runners (engine processes) at once; 0 = the number of CPUs, at most 8.",
     ),
     Setting(
+        "rpc_servers",
+        (),
+        parse_rpc_servers,
+        "DMR_RPC_SERVERS",
+        "llama.cpp RPC workers (rpc-server) every runner spreads its layers over: a comma "
+        "list of host:port; none by default. rpc-server has no authentication.",
+    ),
+    Setting(
         "min_residency",
         30.0,
         _to_wait,
@@ -544,6 +591,7 @@ class Config:
     max_queue: int = 64
     max_wait: float = 600.0
     max_runners: int = 0
+    rpc_servers: tuple[str, ...] = ()
     min_residency: float = 30.0
     default_model: str = ""
     prompt_cache_mib: int = 512

@@ -54,7 +54,9 @@ class StatusResource:
     The text after the version says which engine build runs on which devices
     (:meth:`EngineChoice.describe`). An engine that crashed at load with SIGILL (see
     ``runners/crashes.py``) turns the status into ``Error: <why and the fix>`` until the binary
-    changes; ``docker model status`` and the dashboard show this text as it is.
+    changes; ``docker model status`` and the dashboard show this text as it is. With llama.cpp
+    RPC workers it ends with what each last offered (``RPC workers: h:p 23.5 GiB free, ...``),
+    as read when a runner was planned.
     """
 
     def __init__(self, ctx: ApiContext) -> None:
@@ -81,6 +83,9 @@ class StatusResource:
         crash = self.ctx.scheduler.crashes.engine_crash()
         if crash is not None:
             status = f"Error: {crash.error.message}"
+        rpc = self.ctx.scheduler.management.rpc_status()
+        if rpc and status.startswith("Running"):
+            status = f"{status}; {rpc}"
         resp.content_type = falcon.MEDIA_JSON
         resp.data = json.dumps({BACKEND: status}).encode()
 

@@ -47,7 +47,33 @@ def ps_entry(status: RunnerStatus) -> dict[str, Any]:
     entry["context_size"] = info.context_size
     entry["socket"] = info.socket_path
     entry["memory"] = memory_entry(status.memory)
+    rpc = rpc_entry(status)
+    if rpc is not None:
+        entry["rpc"] = rpc
     return entry
+
+
+def rpc_entry(status: RunnerStatus) -> dict[str, Any] | None:
+    """Return the ``rpc`` object of a ps entry, ``None`` for a runner without RPC workers.
+
+    ``workers``: each worker as probed when the runner was planned (``endpoint``,
+    ``reachable``, ``total_bytes``/``free_bytes`` or ``error``); ``placement``: what each
+    device holds (``device`` is ``CPU`` for this host, else the worker's ``host:port``;
+    ``layers``, ``model_bytes``, ``kv_bytes``, ``compute_bytes``), read from the runner's log
+    once it is ready (``None`` before); ``offloaded_layers`` of ``total_layers``.
+    """
+    workers = status.memory.plan.workers
+    if workers is None:
+        return None
+    placement = status.placement
+    return {
+        "workers": workers.to_json(),
+        "placement": (
+            [device.to_json() for device in placement.devices] if placement is not None else None
+        ),
+        "offloaded_layers": placement.offloaded_layers if placement is not None else None,
+        "total_layers": placement.total_layers if placement is not None else None,
+    }
 
 
 def memory_entry(view: RunnerMemoryView) -> dict[str, Any]:

@@ -457,6 +457,7 @@ def estimate(  # noqa: PLR0913 - mirrors llama-server's memory-relevant flags on
     batch_size: int = DEFAULT_BATCH,
     prompt_cache_bytes: int = 0,
     tensors: Sequence[TensorLike] | None = None,
+    device_overhead: bool = True,
 ) -> MemoryEstimate:
     """Estimate the RAM and VRAM a llama-server runner of this model will hold.
 
@@ -479,6 +480,9 @@ def estimate(  # noqa: PLR0913 - mirrors llama-server's memory-relevant flags on
         prompt_cache_bytes: The ``--cache-ram`` limit given to the runner, in bytes.
         tensors: Tensor infos used to place weights per layer; default ``info.tensors``. Without
             them offloaded weights are split by the fraction of layers offloaded.
+        device_overhead: Count a CUDA context on each side when layers are offloaded; ``False``
+            when the offload targets are llama.cpp RPC workers only (their runtime lives in
+            the worker's process, outside what the worker reports free).
 
     Raises:
         InvalidRequestError: A cache type llama-server does not know.
@@ -546,7 +550,7 @@ def estimate(  # noqa: PLR0913 - mirrors llama-server's memory-relevant flags on
         kv_cache=sum(layer_kv) - vram_kv,
         compute_buffer=ram_compute,
         mmproj=0 if gpu else mmproj_total,
-        overhead=RAM_OVERHEAD_BYTES + (GPU_HOST_OVERHEAD_BYTES if gpu else 0),
+        overhead=RAM_OVERHEAD_BYTES + (GPU_HOST_OVERHEAD_BYTES if gpu and device_overhead else 0),
         prompt_cache=max(prompt_cache_bytes, 0),
     )
     vram = DeviceMemory(
@@ -554,7 +558,7 @@ def estimate(  # noqa: PLR0913 - mirrors llama-server's memory-relevant flags on
         kv_cache=vram_kv,
         compute_buffer=vram_compute,
         mmproj=mmproj_total if gpu else 0,
-        overhead=VRAM_OVERHEAD_BYTES if gpu else 0,
+        overhead=VRAM_OVERHEAD_BYTES if gpu and device_overhead else 0,
     )
     return MemoryEstimate(
         ram=ram,

@@ -291,12 +291,15 @@ class MemoryGuard:
             gpus=gpus,
         )
 
-    def never_fits(self, need: MemoryEstimate, *, model: str = "") -> str:
+    def never_fits(self, need: MemoryEstimate, *, model: str = "", remote_bytes: int = 0) -> str:
         """Return why ``need`` can never fit on this host, or ``""`` when it could.
 
-        For ``POST /models/create`` to warn in its progress stream.
+        For ``POST /models/create`` to warn in its progress stream. ``remote_bytes`` is what
+        the runner's llama.cpp RPC workers offer (see :meth:`check`).
         """
-        decision = self._too_large(need, self.budget(), model)
+        decision = self._too_large(
+            need, _with_remote(self.budget(), remote_bytes), model, remote=remote_bytes > 0
+        )
         return decision.message if decision is not None else ""
 
     def check(
@@ -305,16 +308,21 @@ class MemoryGuard:
         *,
         resident: Sequence[ResidentRunner],
         model: str = "",
+        remote_bytes: int = 0,
     ) -> AdmissionDecision:
         """Decide whether a runner needing ``need`` may start.
 
         Args:
             need: Estimate (or learned footprint) of the runner to start.
-            resident: Every runner the scheduler holds, loading ones included.
+            resident: Every runner the scheduler holds, loading ones included (their VRAM
+                without what sits on RPC workers).
             model: Name for messages (``ai/smollm2``).
+            remote_bytes: Free memory of the runner's llama.cpp RPC workers, reserves kept:
+                the offloaded (VRAM) side of ``need`` may use it besides this host's GPUs.
+                A worker serves one runner at a time, so no resident runner holds any of it.
         """
-        budget = self.budget()
-        too_large = self._too_large(need, budget, model)
+        budget = _with_remote(self.budget(), remote_bytes)
+        too_large = self._too_large(need, budget, model, remote=remote_bytes > 0)
         if too_large is not None:
             return too_large
 
@@ -367,7 +375,7 @@ class MemoryGuard:
         return now - runner.started >= self.min_residency_seconds
 
     def _too_large(
-        self, need: MemoryEstimate, budget: MemoryBudget, model: str
+        self, need: MemoryEstimate, budget: MemoryBudget, model: str, remote: bool = False
     ) -> AdmissionDecision | None:
         if need.ram_bytes > budget.ram_limit:
             kind, limit = "RAM", budget.ram_limit
@@ -381,7 +389,9 @@ class MemoryGuard:
         elif need.vram_bytes > budget.vram_limit:
             kind, limit = "VRAM", budget.vram_limit
             where = (
-                "no GPU was found"
+                "the RPC workers' free memory plus this host's GPU memory, minus reserves"
+                if remote
+                else "no GPU was found"
                 if not budget.gpus
                 else ("DMR_MAX_VRAM" if budget.vram_capped else "GPU memory minus the reserve")
             )
@@ -398,6 +408,17 @@ class MemoryGuard:
 
 
 # --- decision helpers ------------------------------------------------------------------------
+
+
+def _with_remote(budget: MemoryBudget, remote_bytes: int) -> MemoryBudget:
+    """Return ``budget`` with RPC workers' free memory added to the offload (VRAM) side."""
+    if remote_bytes <= 0:
+        return budget
+    return dataclasses.replace(
+        budget,
+        vram_limit=budget.vram_limit + remote_bytes,
+        vram_free=budget.vram_free + remote_bytes,
+    )
 
 
 def _fits(need: MemoryEstimate, ram: _Pool, vram: _Pool) -> bool:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 
 from orchestrator.errors import InvalidRequestError
+from orchestrator.settings import parse_rpc_servers
 
 MODES: tuple[str, ...] = ("completion", "embedding", "reranking")
 """Runner modes: one process per (model, mode), as in DMR."""
@@ -59,6 +60,7 @@ ALLOWED_FLAGS: frozenset[str] = frozenset(
     --no-webui --metrics --props --slots --no-slots
     --embedding --embeddings --rerank --reranking -sps --slot-prompt-similarity
     -cmoe --cpu-moe -ncmoe --n-cpu-moe --check-tensors --op-offload --no-op-offload
+    --rpc
     """.split()  # noqa: SIM905 - one flag family per line reads better than a list literal
 )
 
@@ -203,6 +205,7 @@ def validate_runtime_flags(flags: Sequence[object]) -> tuple[str, ...]:
         checked.append(flag)
     _check_arity(checked)
     _check_bounds(checked)
+    _check_rpc(checked)
     return tuple(checked)
 
 
@@ -261,3 +264,48 @@ def _check_bounds(flags: Sequence[str]) -> None:
             raise _reject(
                 flag, f"it needs a whole number from {low} to {high}, got {shown} ({why})"
             )
+
+
+RPC_FLAG = "--rpc"
+"""llama-server's flag naming RPC workers (``host:port,...``); every occurrence adds workers."""
+
+
+def _check_rpc(flags: Sequence[str]) -> None:
+    """``--rpc`` takes a list of ``host:port`` workers and nothing else.
+
+    The value reaches llama.cpp's endpoint parser, which aborts the runner on anything it cannot
+    split; here it is checked as ``DMR_RPC_SERVERS`` is
+    (:func:`~orchestrator.settings.parse_rpc_servers`): IPv4 addresses or host names, ports 1 to
+    65535, no spaces, no repeats.
+    """
+    endpoints: list[str] = []
+    for index, flag in enumerate(flags):
+        if flag != RPC_FLAG:
+            continue
+        value = flags[index + 1] if index + 1 < len(flags) else ""
+        try:
+            parsed = parse_rpc_servers(value)
+        except ValueError as ex:
+            raise _reject(flag, str(ex)) from ex
+        if not parsed or "".join(value.split()) != value:
+            raise _reject(flag, "it needs a comma list of host:port workers without spaces")
+        endpoints += parsed
+    if len(set(endpoints)) != len(endpoints):
+        raise _reject(RPC_FLAG, "a worker is listed twice")
+
+
+def rpc_endpoints(argv: Sequence[str]) -> tuple[str, ...]:
+    """Return the RPC workers ``argv`` gives llama-server, in order (every ``--rpc`` counts).
+
+    Unlike the memory flags, ``--rpc`` accumulates: llama-server registers the workers of each
+    occurrence. Values that do not parse are skipped (the allow-list refused them earlier).
+    """
+    found: list[str] = []
+    words = list(argv)
+    for index, word in enumerate(words[:-1]):
+        if word == RPC_FLAG:
+            try:
+                found += [e for e in parse_rpc_servers(words[index + 1]) if e not in found]
+            except ValueError:
+                continue
+    return tuple(found)

@@ -10,6 +10,9 @@ on the answer); nothing here starts or stops a process, so every rule is tested 
   the need fits next to every resident runner (loading and stopping ones included), then
   applies the runner-count limit: :class:`Admit` with the victims, or :class:`Refusal` saying
   whether waiting may help.
+* A runner with llama.cpp RPC workers needs them to itself (``rpc-server`` serves one client
+  at a time): runners holding any of them are stopped first when idle (metrics reason ``rpc``);
+  when they are busy the request waits (503 at the end of ``DMR_MAX_WAIT``).
 * Memory pressure evicts idle, unpinned runners regardless of age (the host is short now),
   least recently used first, until the deficit is covered.
 * A request *waits* when its runner is loading, or serving more requests than it has slots
@@ -32,12 +35,14 @@ def resident(runner: Runner, *, stopping: bool = False) -> ResidentRunner:
     """Return the guard's view of ``runner``: what it holds or has reserved.
 
     RAM and VRAM are the larger of the need it was admitted with and its peak measurement
-    (a runner may grow past a measurement, never below its reservation). A runner being
+    (a runner may grow past a measurement, never below its reservation); the part of its
+    need placed on RPC workers is not counted (those workers serve only it). A runner being
     stopped counts as loading: its memory is on the way back but not free yet.
     """
-    need = runner.plan.need
+    need = runner.plan.local_need
     usage = runner.usage
     ram = max(need.ram_bytes, usage.peak_rss)
+    # What sits on llama.cpp RPC workers is not this host's: local_need leaves it out.
     vram = max(need.vram_bytes, usage.peak_vram)
     if usage.latest is not None:
         file_backed = usage.latest.file_bytes
@@ -178,6 +183,8 @@ class AdmissionGate:
         stopping: Sequence[Runner],
         now: float,
         settling: bool = False,
+        workers: Sequence[str] = (),
+        remote_bytes: int = 0,
     ) -> Admit | Refusal:
         """Return whether a runner needing ``need`` for ``model`` may start now.
 
@@ -188,16 +195,32 @@ class AdmissionGate:
             stopping: Runners evicted whose processes are not reaped yet.
             now: ``time.monotonic()``.
             settling: Freed GPU memory may not show yet: an insufficient verdict may wait.
+            workers: The new runner's llama.cpp RPC workers (``host:port``).
+            remote_bytes: Their free memory (reserves kept), for the offloaded side.
         """
-        resident_now = [resident(r) for r in runners]
+        holders = worker_holders(workers, runners, stopping)
+        blocked = [r for r in holders if r in stopping or not is_evictable(
+            r, now, self.guard.min_residency_seconds)]  # fmt: skip
+        if blocked:
+            shared = sorted(set(workers) & set(blocked[0].plan.rpc_workers))
+            busy = ServiceUnavailableError(
+                f"model {model!r} needs the RPC worker {', '.join(shared)}, which serves the "
+                f"runner of {blocked[0].model_name!r} (busy, loading, stopping or started less "
+                f"than DMR_MIN_RESIDENCY ago); rpc-server serves one runner at a time, so retry "
+                f"later or unload it (docker model unload {blocked[0].model_name})"
+            )
+            return Refusal(busy, may_wait=True, reason="busy")
+        resident_now = [resident(r) for r in runners if r not in holders]
         resident_now += [resident(r, stopping=True) for r in stopping]
-        decision = self.guard.check(need, resident=resident_now, model=model)
+        decision = self.guard.check(
+            need, resident=resident_now, model=model, remote_bytes=remote_bytes
+        )
         refused = decision.error()
         if refused is not None:
             may_wait = decision.verdict is Verdict.BUSY or settling
             return Refusal(refused, may_wait=may_wait, reason=decision.verdict.value)
         by_id = {r.runner_id: r for r in runners}
-        memory_victims = [by_id[runner_id] for runner_id in decision.evict]
+        memory_victims = list(holders) + [by_id[runner_id] for runner_id in decision.evict]
         limit = self.runner_limit
         excess = len(runners) + len(stopping) - len(memory_victims) + 1 - limit
         count = count_victims(
@@ -210,5 +233,20 @@ class AdmissionGate:
                 f"start now; retry later, unload a model, or raise DMR_MAX_RUNNERS"
             )
             return Refusal(full, may_wait=True, reason="busy")
-        victims = [(v, "memory") for v in memory_victims] + [(v, "count") for v in count]
+        victims = [(v, "rpc" if v in holders else "memory") for v in memory_victims]
+        victims += [(v, "count") for v in count]
         return Admit(tuple(victims))
+
+
+def worker_holders(
+    workers: Sequence[str], runners: Sequence[Runner], stopping: Sequence[Runner] = ()
+) -> list[Runner]:
+    """Return the runners (live or being stopped) connected to any of ``workers``.
+
+    ``rpc-server`` serves one client at a time: a second runner on the same worker would wait
+    for the first to disconnect, so the holders must go before the new runner starts.
+    """
+    wanted = set(workers)
+    if not wanted:
+        return []
+    return [r for r in [*runners, *stopping] if wanted & set(r.plan.rpc_workers)]

@@ -12,17 +12,19 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from orchestrator import logfiles
-from orchestrator.memory.sizes import format_bytes
+from orchestrator.memory.sizes import format_bytes, parse_reserve
 from orchestrator.runners.crashes import CrashMemory
-from orchestrator.runners.engineflags import engine_options
+from orchestrator.runners.engineflags import engine_options, rpc_endpoints
 from orchestrator.runners.info import RecordLike, StoreLike, short_id
 from orchestrator.runners.llamacpp import ALL_LAYERS, BundleLike, build_argv, context_size_for
 from orchestrator.runners.memoryplan import MemoryPlan, MemoryPlanner, prompt_cache_mib_for
 from orchestrator.runners.persisted import RunnerConfigStore, RunnerSettings
+from orchestrator.runners.rpc import NO_BACKTRACE_ENV, RpcProbe, RpcWorkers, describe_workers
 from orchestrator.settings import Config
 from orchestrator.store.reference import model_label
 
@@ -44,7 +46,9 @@ class LaunchPlan:
         socket_path: The Unix socket it will serve on.
         log_path: Its engine log.
         context_size: ``--ctx-size`` (``0``: the model's own).
-        memory: What it will need (estimate, learned footprint, admission figure).
+        memory: What it will need (estimate, learned footprint, admission figure), and its
+            RPC workers as probed.
+        env: The runner's environment when it differs from the daemon's (``None``: the same).
     """
 
     runner_id: str
@@ -58,6 +62,7 @@ class LaunchPlan:
     log_path: Path
     context_size: int
     memory: MemoryPlan
+    env: Mapping[str, str] | None = None
 
     @property
     def pinned(self) -> bool:
@@ -84,6 +89,10 @@ class LaunchPlanner:
         engine_path: The llama-server executable.
         runners_dir: Where sockets (and pid files) go.
         log_dir: Where engine logs go.
+        rpc_probe: Asks RPC workers for their memory (default: this engine's
+            ``--list-devices``).
+        held_workers: Returns the RPC workers our runners are connected to, with the holder's
+            label (those are not probed: a worker serves one client at a time).
     """
 
     def __init__(
@@ -97,8 +106,12 @@ class LaunchPlanner:
         engine_path: Path,
         runners_dir: Path,
         log_dir: Path,
+        rpc_probe: RpcProbe | None = None,
+        held_workers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self._config = config
+        self._rpc_probe = rpc_probe if rpc_probe is not None else RpcProbe(Path(engine_path))
+        self._held_workers = held_workers or dict
         self._store = store
         self._configs = configs
         self._memory = memory
@@ -108,6 +121,10 @@ class LaunchPlanner:
         self._log_dir = log_dir
         # next() on a count is atomic under the GIL: no lock needed for unique IDs.
         self._sequence = itertools.count(1)
+
+    def rpc_status(self) -> str:
+        """Return the RPC workers' line for ``/engines/status`` (``""`` without workers)."""
+        return describe_workers(self._config.rpc_servers, self._rpc_probe.latest())
 
     def plan(self, record: RecordLike, mode: str) -> LaunchPlan:
         """Return the plan for a runner of ``record`` in ``mode``.
@@ -123,6 +140,8 @@ class LaunchPlanner:
         runner_id = f"{mode[0]}{next(self._sequence)}-{short_id(record.id)[:8]}"
         socket_path = self.runners_dir / f"{runner_id}.sock"
 
+        workers: RpcWorkers | None = None
+
         def planned(
             prompt_cache_mib: int, gpu_layers: int = ALL_LAYERS
         ) -> tuple[list[str], MemoryPlan]:
@@ -135,9 +154,24 @@ class LaunchPlanner:
                 default_context_size=self._config.default_context_size,
                 prompt_cache_mib=prompt_cache_mib,
                 gpu_layers=gpu_layers,
+                rpc_servers=self._config.rpc_servers,
             )
-            return argv, self._memory.plan(record.id, bundle, argv, socket_path)
+            return argv, self._memory.plan(record.id, bundle, argv, socket_path, workers)
 
+        endpoints = rpc_endpoints(
+            build_argv(
+                engine_path=self._engine_path, bundle=bundle, mode=mode,
+                socket_path=socket_path, settings=settings,
+                rpc_servers=self._config.rpc_servers,
+            )
+        )  # fmt: skip
+        if endpoints:
+            # Asked once per plan, outside the table lock; bounded by the probe's deadline.
+            workers = self._rpc_probe.read(
+                endpoints,
+                held=self._held_workers(),
+                reserve=parse_reserve(self._config.memory_reserve),
+            )
         # Two choices depend on the estimate of the argv they change; each re-plan is
         # arithmetic (the GGUF header is read once per model and cached). The prompt cache is
         # sized from the KV cache; a model larger than the GPU memory gets the layers that fit.
@@ -165,6 +199,7 @@ class LaunchPlanner:
                 bundle.config, settings, self._config.default_context_size
             ),
             memory=memory,
+            env={**os.environ, **NO_BACKTRACE_ENV} if workers is not None else None,
         )
 
     def _layers_that_fit(
@@ -177,16 +212,18 @@ class LaunchPlanner:
         """Return the ``-ngl`` for a model larger than the GPU memory, else ``None``.
 
         As Ollama does: when every layer on the GPU would need more than the runners' GPU
-        budget (``DMR_MAX_VRAM``, or each GPU less its reserve, GPUs pooled), offload the most
-        layers whose VRAM estimate fits and run the rest on the CPU. Nothing changes without a
-        GPU, when it fits, or when the user's runtime flags set ``-ngl`` themselves.
+        budget (``DMR_MAX_VRAM``, or each GPU less its reserve, GPUs pooled, plus the RPC
+        workers' free memory), offload the most layers whose VRAM estimate fits and run the
+        rest on the CPU. Nothing changes without a GPU or workers, when it fits, or when the
+        user's runtime flags set ``-ngl`` themselves.
         """
-        if not self._memory.has_gpu or full.estimate.vram_bytes <= 0:
+        if not (self._memory.has_gpu or full.workers) or full.estimate.vram_bytes <= 0:
             return None
         flags = settings.runtime_flags if settings is not None else ()
         if "gpu_layers" in engine_options(["engine", *flags]):
             return None
-        limit = self._memory.guard.budget().vram_limit
+        # RPC workers take offloaded layers as a GPU does: their free memory counts too.
+        limit = self._memory.guard.budget().vram_limit + full.remote_capacity
         if full.estimate.vram_bytes <= limit:
             return None
         # VRAM grows with the layers offloaded: the largest count that fits, by bisection.

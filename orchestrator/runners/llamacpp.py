@@ -17,13 +17,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.errors import InvalidRequestError
-from orchestrator.runners.engineflags import MODES, spelling
+from orchestrator.runners.engineflags import MODES, RPC_FLAG, spelling
 from orchestrator.runners.persisted import RunnerSettings
 
 ALL_LAYERS = 999
 """``-ngl`` value for "every layer on the GPU" (DMR's; llama-server ignores it without one)."""
 BASE_ARGS: tuple[str, ...] = ("-ngl", str(ALL_LAYERS), "--metrics", "--no-webui")
 """Arguments every runner gets first (DMR's ``-ngl 999 --metrics`` plus ``--no-webui``)."""
+
+RPC_LOG_ARGS: tuple[str, ...] = ("--log-verbosity", "4")
+"""Given to runners with RPC workers: at verbosity 4 llama-server logs each device's model, KV
+and compute buffers at load (``RPC0[host:port] model buffer size = ...``), which is where
+``/engines/ps`` learns the placement (:mod:`~orchestrator.runners.rpc`). It adds about 30 lines
+per request to the engine log."""
 
 DEFAULT_PROMPT_CACHE_MIB = 512
 """Ceiling of the ``--cache-ram`` a runner gets (``Config.prompt_cache_mib``).
@@ -114,6 +120,7 @@ def build_argv(
     default_context_size: int = 4096,
     prompt_cache_mib: int = DEFAULT_PROMPT_CACHE_MIB,
     gpu_layers: int = ALL_LAYERS,
+    rpc_servers: Sequence[str] = (),
 ) -> list[str]:
     """Return the llama-server argv for one runner.
 
@@ -121,8 +128,10 @@ def build_argv(
     (completion: ``--chat-template-file`` when the bundle has a template; embedding:
     ``--embeddings --pooling <model's or mean>``; reranking: ``--embeddings --reranking``),
     ``--reasoning-budget`` when configured, ``--ctx-size``, ``--cache-ram`` (unless
-    ``prompt_cache_mib`` is -1), the configured runtime flags (verbatim, so they win over
-    anything before them), then ``--mmproj <file>`` or ``--jinja``.
+    ``prompt_cache_mib`` is -1), ``--rpc <workers>`` (the daemon's ``rpc_servers``, unless the
+    runtime flags name their own), the configured runtime flags (verbatim, so they win over
+    anything before them), then ``--mmproj <file>`` or ``--jinja``. A runner with RPC workers
+    also gets :data:`RPC_LOG_ARGS`: its log then says how much of the model each device holds.
 
     Args:
         engine_path: The llama-server executable.
@@ -135,6 +144,8 @@ def build_argv(
             prompt cache off; -1 leaves the flag out (the engine's default).
         gpu_layers: ``-ngl``: layers on the GPU (:data:`ALL_LAYERS` unless the model is larger
             than the GPU memory; a runtime flag still wins, coming later).
+        rpc_servers: ``Config.rpc_servers``: llama.cpp RPC workers (``host:port``); ignored
+            when the runtime flags carry ``--rpc`` (llama-server would add both lists).
 
     Raises:
         InvalidRequestError: ``mode`` is not one of :data:`MODES`.
@@ -162,6 +173,11 @@ def build_argv(
     argv += [spelling("context_size"), str(context_size)]
     if prompt_cache_mib >= 0:
         argv += [spelling("cache_ram"), str(prompt_cache_mib)]
+    own_rpc = RPC_FLAG in flags
+    if rpc_servers and not own_rpc:
+        argv += [RPC_FLAG, ",".join(rpc_servers)]
+    if rpc_servers or own_rpc:
+        argv += RPC_LOG_ARGS
     argv += flags
     if bundle.mmproj_path is not None:
         argv += [spelling("mmproj"), str(bundle.mmproj_path)]

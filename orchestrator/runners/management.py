@@ -22,6 +22,7 @@ from orchestrator.runners.info import RecordLike, RunnerInfo, StoreLike, id_matc
 from orchestrator.runners.launch import LaunchPlanner
 from orchestrator.runners.memoryplan import MemoryPlan, MemoryPlanner
 from orchestrator.runners.persisted import RunnerConfigStore, RunnerSettings
+from orchestrator.runners.rpc import Placement
 from orchestrator.runners.table import Runner, RunnerTable
 from orchestrator.settings import Config
 from orchestrator.store.reference import model_label
@@ -57,6 +58,7 @@ class RunnerStatus:
         last_used: Wall-clock time of the last lease given back; ``None`` if never.
         keep_alive: Idle seconds before it stops (``-1`` never).
         memory: Its memory view.
+        placement: Where its layers went (runners with RPC workers, once ready).
     """
 
     info: RunnerInfo
@@ -65,6 +67,7 @@ class RunnerStatus:
     last_used: float | None
     keep_alive: float
     memory: RunnerMemoryView
+    placement: Placement | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,7 @@ def _status(runner: Runner, now_mono: float, now_wall: float) -> RunnerStatus:
             peak_rss=runner.usage.peak_rss,
             pinned=runner.pinned,
         ),
+        placement=runner.placement,
     )
 
 
@@ -160,6 +164,10 @@ class RunnerManagement:
                 depths[name] = depths.get(name, 0) + depth
             return depths
 
+    def rpc_status(self) -> str:
+        """Return what the daemon last learned of its RPC workers, one line (``""``: none)."""
+        return self._planner.rpc_status()
+
     def memory_for(self, record: RecordLike, mode: str = "completion") -> MemoryReport:
         """Return the memory a runner of ``record`` would need with its current settings.
 
@@ -168,7 +176,12 @@ class RunnerManagement:
         """
         plan = self._planner.plan(record, mode).memory
         name = model_label(record.tags, record.id)
-        return MemoryReport(plan, self._memory.guard.never_fits(plan.need, model=name))
+        return MemoryReport(
+            plan,
+            self._memory.guard.never_fits(
+                plan.need, model=name, remote_bytes=plan.remote_capacity
+            ),
+        )
 
     def never_fits(self, record: RecordLike) -> str:
         """Return why ``record`` can never run on this host (``""`` when it could).

@@ -45,8 +45,9 @@ from orchestrator.memory.learned import (
 )
 from orchestrator.memory.nvml import NvmlProbe
 from orchestrator.memory.sizes import MiB
-from orchestrator.runners.engineflags import engine_options
+from orchestrator.runners.engineflags import engine_options, rpc_endpoints
 from orchestrator.runners.llamacpp import BundleLike
+from orchestrator.runners.rpc import RpcWorkers
 from orchestrator.settings import Config
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,16 @@ def _as_int(value: str | bool | None, default: int) -> int:
 def estimate_arguments(argv: Sequence[str], *, has_gpu: bool) -> dict[str, Any]:
     """Return :func:`~orchestrator.memory.estimate.estimate` keyword arguments for ``argv``.
 
-    ``-ngl`` counts only when a GPU is present (llama-server ignores it on a CPU-only host).
+    ``-ngl`` counts only when a GPU or an RPC worker (``--rpc``) is there to take the layers
+    (llama-server ignores it on a CPU-only host). With RPC workers and no local GPU the
+    offloaded part carries no CUDA context (``device_overhead`` is then ``False``).
     ``--cache-ram`` of -1 (no limit) or absent (the engine's 8 GiB) is not counted.
     """
     options = engine_options(argv)
     gpu_text = options.get("gpu_layers")
-    if not has_gpu:
+    rpc = bool(rpc_endpoints(argv))
+    extra: dict[str, Any] = {"device_overhead": False} if rpc and not has_gpu else {}
+    if not has_gpu and not rpc:
         gpu_layers = 0
     elif gpu_text in ("auto", "all"):
         gpu_layers = -1
@@ -90,6 +95,7 @@ def estimate_arguments(argv: Sequence[str], *, has_gpu: bool) -> dict[str, Any]:
         "ubatch_size": _as_int(options.get("ubatch_size"), 512),
         "batch_size": _as_int(options.get("batch_size"), 2048),
         "prompt_cache_bytes": cache_ram * MiB if cache_ram > 0 else 0,
+        **extra,
     }
 
 
@@ -113,6 +119,11 @@ class MemoryPlan:
         estimate: The estimate from the GGUF header and the argv.
         learned: The footprint learned from an earlier run with the same argv, if any.
         need: What admission counts (``learned`` applied to ``estimate``).
+        workers: The llama.cpp RPC workers of the argv and what they offered when planned
+            (``None`` without ``--rpc``).
+        remote_bytes: The part of ``need``'s offloaded (VRAM) side expected on the workers
+            rather than on this host's GPUs: all of it without a local GPU, else a share in
+            proportion to free memory, as llama.cpp splits layers.
     """
 
     argv: tuple[str, ...]
@@ -120,6 +131,26 @@ class MemoryPlan:
     estimate: MemoryEstimate
     learned: LearnedFootprint | None
     need: MemoryEstimate
+    workers: RpcWorkers | None = None
+    remote_bytes: int = 0
+
+    @property
+    def rpc_workers(self) -> tuple[str, ...]:
+        """Return the ``host:port`` of each RPC worker (empty without ``--rpc``)."""
+        return self.workers.endpoints if self.workers is not None else ()
+
+    @property
+    def remote_capacity(self) -> int:
+        """Return what the workers may hold for this runner (0 without workers)."""
+        return self.workers.free_bytes if self.workers is not None else 0
+
+    @property
+    def local_need(self) -> MemoryEstimate:
+        """Return ``need`` without the part on the workers (what this host holds)."""
+        if self.remote_bytes <= 0:
+            return self.need
+        local_vram = max(self.need.vram_bytes - self.remote_bytes, 0)
+        return dataclasses.replace(self.need, vram=DeviceMemory(overhead=local_vram))
 
 
 PROMPT_CACHE_KV_FRACTION = 0.5
@@ -273,9 +304,17 @@ class MemoryPlanner:
             self._headers.pop(model_id, None)
 
     def plan(
-        self, model_id: str, bundle: BundleLike, argv: Sequence[str], socket_path: Path
+        self,
+        model_id: str,
+        bundle: BundleLike,
+        argv: Sequence[str],
+        socket_path: Path,
+        workers: RpcWorkers | None = None,
     ) -> MemoryPlan:
         """Return the plan for a runner of ``model_id`` started with ``argv`` on ``socket_path``.
+
+        ``workers`` are the RPC workers of the argv as probed (their free memory decides how
+        much of the offloaded part goes there).
 
         Raises:
             InvalidRequestError: The argv names a KV cache type the engine does not know.
@@ -287,12 +326,23 @@ class MemoryPlanner:
         )
         predicted = self._estimator(model_id, bundle, argv)
         learned = self.footprints.get(model_id, key) if self.footprints is not None else None
+        need = learned_need(predicted, learned)
+        remote = 0
+        if workers is not None and need.vram_bytes > 0:
+            if not self.has_gpu:
+                remote = need.vram_bytes
+            else:
+                capacity = workers.free_bytes
+                local = max(self.guard.budget().vram_free, 0)
+                remote = need.vram_bytes * capacity // max(capacity + local, 1)
         return MemoryPlan(
             argv=tuple(argv),
             key=key,
             estimate=predicted,
             learned=learned,
-            need=learned_need(predicted, learned),
+            need=need,
+            workers=workers,
+            remote_bytes=remote,
         )
 
     # --- measurement -----------------------------------------------------------------------

@@ -29,6 +29,7 @@ holds a reference; at zero the keep-alive clock starts.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ from orchestrator.runners.memoryplan import MemoryPlanner
 from orchestrator.runners.persisted import CONFIG_FILE_NAME, RunnerConfigStore
 from orchestrator.runners.pressure import PressureMonitor
 from orchestrator.runners.process import RunnerProcess, stop_processes
+from orchestrator.runners.rpc import PROBE_TIMEOUT_SECONDS, read_placement
 from orchestrator.runners.stats import RunnerStats
 from orchestrator.runners.sweep import sweep_leftovers
 from orchestrator.runners.table import Runner, RunnerTable, copy_error
@@ -128,6 +130,7 @@ class Scheduler:
             engine_path=Path(engine_path),
             runners_dir=self._runners_dir,
             log_dir=Path(log_dir),
+            held_workers=self._held_workers,
         )
         self.management = RunnerManagement(
             config=config,
@@ -253,6 +256,8 @@ class Scheduler:
                             launch.memory.need, model=name, runners=table.runners(),
                             stopping=table.stopping, now=time.monotonic(),
                             settling=time.monotonic() < self._settle_until,
+                            workers=launch.memory.rpc_workers,
+                            remote_bytes=launch.memory.remote_capacity,
                         )  # fmt: skip
                         if isinstance(verdict, Admit):
                             runner = self._admit_locked(launch, verdict, default_model)
@@ -270,8 +275,16 @@ class Scheduler:
                         # Settings or learned footprints may have changed meanwhile.
                         launch = None
                         continue
-                # Outside the lock: reading the GGUF header and the settings file.
+                # Outside the lock: reading the GGUF header and the settings file, asking the
+                # RPC workers (if any) for their memory.
                 launch = self._planner.plan(record, mode)
+                workers = launch.memory.workers
+                if workers is not None and workers.unreachable:
+                    self.stats.record_refusal("rpc_unreachable")
+                    error = workers.error(name)
+                    error.retry_after = math.ceil(PROBE_TIMEOUT_SECONDS)
+                    log.warning("rpc workers unreachable model=%s message=%r", name, error.message)
+                    raise error
         except BaseException:
             if waiting:
                 self.stats.observe_wait(name, time.monotonic() - began)
@@ -303,6 +316,7 @@ class Scheduler:
             runtime_dir=self._runners_dir,
             launcher=self._launcher,
             on_exit=self._on_process_exit,
+            env=dict(launch.env) if launch.env is not None else None,
         )
         runner = Runner(
             launch,
@@ -351,6 +365,11 @@ class Scheduler:
             elapsed = process.wait_ready(deadline, grace_seconds=self._config.stop_grace_seconds)
             self.stats.observe_load(elapsed)
             self._measure(runner, ready=True)
+            if runner.plan.workers is not None:
+                runner.placement = read_placement(runner.launch.log_path)
+                if runner.placement is not None:
+                    log.info("runner placement id=%s model=%s devices=%s", runner.runner_id,
+                             runner.model_name, runner.placement.describe())
             with self._table.changed:
                 self._table.check_open()
                 runner.ready_at = runner.last_used = time.monotonic()
@@ -490,9 +509,17 @@ class Scheduler:
         finally:
             with self._table.changed:
                 self._table.evicted_gone(victims)
-                if any(v.usage.peak_vram or v.plan.need.vram_bytes for v in victims):
+                if any(v.usage.peak_vram or v.plan.local_need.vram_bytes for v in victims):
                     self._settle_until = time.monotonic() + VRAM_SETTLE_SECONDS
                 self._table.changed.notify_all()
+
+    def _held_workers(self) -> dict[str, str]:
+        """Return the RPC workers our runners (live or stopping) hold, with their labels."""
+        with self._table.changed:
+            runners = [*self._table.runners(), *self._table.stopping]
+        return {
+            endpoint: runner.label for runner in runners for endpoint in runner.plan.rpc_workers
+        }
 
     def _evict_for_pressure(self, ram_deficit: int, vram_deficit: int) -> None:
         with self._table.changed:

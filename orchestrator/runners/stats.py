@@ -31,14 +31,17 @@ shutdown, evicted to make room, ``_configure`` changed its settings."""
 START_FAILURES: tuple[str, ...] = ("error", "timeout")
 """Why a start failed: the process exited while loading, or missed the load deadline."""
 
-EVICTION_REASONS: tuple[str, ...] = ("idle", "memory", "count", "pressure", "manual")
+EVICTION_REASONS: tuple[str, ...] = ("idle", "memory", "count", "pressure", "manual", "rpc")
 """Why an idle runner was stopped: keep-alive ran out, memory for another model, the runner
-count limit, memory pressure on the host, or ``/engines/unload``."""
+count limit, memory pressure on the host, ``/engines/unload``, or another model needing its
+llama.cpp RPC workers (each serves one runner at a time)."""
 
-REFUSAL_REASONS: tuple[str, ...] = ("too_large", "insufficient", "busy", "queue_full")
+REFUSAL_REASONS: tuple[str, ...] = (
+    "too_large", "insufficient", "busy", "queue_full", "rpc_unreachable"
+)
 """Why a request was refused before any runner started: the model can never fit on this host
 (507), it cannot fit now (507), busy runners hold the memory or slots past ``max_wait`` (503),
-or too many requests already wait (429)."""
+too many requests already wait (429), or an RPC worker of the model did not answer (503)."""
 
 
 def without_created(metric: MetricWrapperBase) -> list[Metric]:

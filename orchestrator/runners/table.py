@@ -26,6 +26,7 @@ from orchestrator.runners.info import RunnerInfo
 from orchestrator.runners.launch import LaunchPlan
 from orchestrator.runners.memoryplan import MemoryPlan
 from orchestrator.runners.process import RunnerProcess
+from orchestrator.runners.rpc import Placement
 from orchestrator.runners.state import RunnerState
 from orchestrator.runners.stats import RunnerStats
 
@@ -97,6 +98,8 @@ class Runner:
         self.last_used = self.admitted_at
         self.error: OrchestratorError | None = None
         self.usage = RunnerUsage()
+        # Where its layers went (RPC runners only), read from its log once it is ready.
+        self.placement: Placement | None = None
 
     @property
     def runner_id(self) -> str:

@@ -418,6 +418,17 @@ function memoryText(memory) {
   return [counted, measured ? formatBytes(measured) : "not measured yet"].join(" / ");
 }
 
+// Where a runner with llama.cpp RPC workers put its layers (from /engines/ps "rpc"), and any
+// worker that did not answer when it was planned.
+function placementText(rpc) {
+  if (!rpc) return "";
+  const parts = (rpc.placement || []).map((device) =>
+    `${device.device}${device.layers ? ` ${device.layers} layers` : ""} ${formatBytes(device.model_bytes)}`);
+  const down = (rpc.workers || []).filter((worker) => !worker.reachable)
+    .map((worker) => `${worker.endpoint} unreachable`);
+  return [...parts, ...down].join(" · ") || "RPC workers: placement not known yet";
+}
+
 function untilText(entry) {
   if (entry.loading) return "loading…";
   if (entry.in_use) return "in use";
@@ -447,7 +458,8 @@ async function refreshRunning() {
       el("td", { text: entry.mode }),
       el("td", {}, el("span", { class: `badge ${state === "idle" ? "idle" : "busy"}`, text: state })),
       el("td", { class: "num", text: entry.context_size ? entry.context_size.toLocaleString() : "" }),
-      el("td", { class: "num", text: memoryText(entry.memory) }),
+      el("td", { class: "num" }, memoryText(entry.memory),
+        ...(entry.rpc ? [el("div", { class: "placement muted small", text: placementText(entry.rpc) })] : [])),
       el("td", { class: "num", text: untilText(entry) }),
       el("td", { class: "actions" },
         el("button", { type: "button", "aria-label": `Unload ${entry.model_name}`, onclick: () => unload([entry.model_name]) }, "Unload")),

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -22,6 +22,7 @@ from orchestrator.settings import Config
 from orchestrator.unixhttp import UnixHTTPConnection
 from tests.fakes.store_stub import StubRecord, StubStore
 from tests.support.engine_http import engine_request
+from tests.support.rpc_workers import RpcWorker, rpc_workers  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.llama_server
 
@@ -167,8 +168,10 @@ _VALUE_GUESSES: tuple[tuple[str, ...], ...] = (
 )
 
 
-def _engine_accepts(engine: Path, flag: str) -> bool:
-    for value in _VALUE_GUESSES:
+def _engine_accepts(
+    engine: Path, flag: str, guesses: tuple[tuple[str, ...], ...] = _VALUE_GUESSES
+) -> bool:
+    for value in guesses:
         # Two sentinels: parsing always fails on one of them, so no server ever starts.
         result = subprocess.run(
             [str(engine), flag, *value, "--zz-sentinel-a", "--zz-sentinel-b"],
@@ -181,8 +184,17 @@ def _engine_accepts(engine: Path, flag: str) -> bool:
 
 def test_every_allowed_flag_is_known_to_this_engine(llama_server_bin: Path) -> None:
     """The engine's parser accepts every allow-listed runtime flag (with some value)."""
-    flags = sorted(ALLOWED_FLAGS)
+    # --rpc connects to its workers while the command line is parsed (test below).
+    flags = sorted(ALLOWED_FLAGS - {"--rpc"})
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         accepted = list(pool.map(lambda flag: _engine_accepts(llama_server_bin, flag), flags))
     assert [flag for flag, ok in zip(flags, accepted, strict=True) if not ok] == []
     assert not _engine_accepts(llama_server_bin, "--zz-not-a-flag")
+
+
+def test_the_rpc_flag_is_known_to_this_engine(
+    llama_server_bin: Path, rpc_workers: Callable[[int], list[RpcWorker]]  # noqa: F811
+) -> None:
+    """``--rpc host:port`` parses (it needs a listening worker: the engine connects at once)."""
+    (worker,) = rpc_workers(1)
+    assert _engine_accepts(llama_server_bin, "--rpc", ((worker.endpoint,),))
