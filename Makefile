@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 DEFAULT_MODEL_TAGS := ai/smollm2:135M-Q4_1 ai/smollm2:latest
 
 
-.PHONY: run test deps run-deps venv engine engine-cuda model import-default-model lint clean
+.PHONY: run test deps run-deps venv engine engine-cuda model import-default-model lint clean k8s-tools
 
 # Debian packages, installed only when missing. `make run` needs the engine's build tools;
 # `make test` also needs the registry, htpasswd for its basic-auth variant, headless Chromium
@@ -32,8 +32,25 @@ endef
 run-deps:
 	$(call install_missing,$(RUN_PACKAGES))
 
-deps:
+deps: k8s-tools
 	$(call install_missing,$(TEST_PACKAGES))
+
+# Tools of tests/packaging/test_kubernetes.py (kubectl with kustomize, kubernetes-validate with
+# its schemas, checkov), frozen in deploy/kubernetes/tools-requirements.txt, in a venv of their
+# own outside the repository (checkov's dependencies clash with the project's) named by that
+# file's hash: a cached venv is only ever used for exactly these versions. The test finds it by
+# the same rule.
+K8S_TOOLS_REQUIREMENTS := deploy/kubernetes/tools-requirements.txt
+K8S_TOOLS_VENV := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/model-runner/tools/k8s-venv-$(shell sha256sum $(K8S_TOOLS_REQUIREMENTS) | cut -c1-16)
+
+k8s-tools: $(K8S_TOOLS_VENV)/.installed
+
+$(K8S_TOOLS_VENV)/.installed: $(K8S_TOOLS_REQUIREMENTS)
+	rm -rf '$(K8S_TOOLS_VENV)'
+	$(PYTHON) -m venv '$(K8S_TOOLS_VENV)'
+	'$(K8S_TOOLS_VENV)/bin/pip' install --quiet --upgrade pip
+	'$(K8S_TOOLS_VENV)/bin/pip' install --quiet -r $(K8S_TOOLS_REQUIREMENTS)
+	touch '$@'
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
