@@ -23,6 +23,7 @@ from orchestrator.api.middleware import (
     OriginPolicy,
     RequestContextMiddleware,
 )
+from orchestrator.api.recorder import RecorderMiddleware, new_request_log
 from orchestrator.api.request_stats import RequestStats
 from orchestrator.api.shared import ApiContext, RegistryFactory
 from orchestrator.engine import EngineChoice, choose_engine
@@ -105,6 +106,7 @@ def create_app(
     engine_path = engine.path if engine is not None else None
     if scheduler is None:
         scheduler = create_scheduler(config, store, engine_path)
+    request_log = new_request_log(config.recorder_max_per_model, scheduler)
     ctx = ApiContext(
         config=config,
         store=store,
@@ -114,6 +116,7 @@ def create_app(
         engine_path=engine_path,
         engine_error=engine_error,
         engine=engine,
+        recorder=request_log,
     )
     middleware: list[Any] = [
         RequestContextMiddleware(),
@@ -123,6 +126,8 @@ def create_app(
         # After CORS: a refusal still carries the CORS headers a page needs to read it, and a
         # preflight (never credentialed) is answered before any key is asked for.
         ApiKeyMiddleware(config.api_key),
+        # Last: only requests that passed the checks above reach a face and get recorded.
+        RecorderMiddleware(request_log),
     ]
     app = falcon.App(middleware=middleware)
     app.req_options.keep_blank_qs_values = True

@@ -41,6 +41,8 @@ from orchestrator.errors import (
 if TYPE_CHECKING:
     import falcon
 
+    from orchestrator.api.request_log import Recording
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -85,10 +87,31 @@ MAX_ENGINE_ERROR_BYTES = 64 * 1024
 _ENGINE_PARSE_FAILURE = re.compile(r"Failed to parse (?P<field>[A-Za-z_]+)")
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n")
 
+
+class Abortable(Protocol):
+    """A long answer that shutdown must cut (:func:`abort_streams`)."""
+
+    def abort(self) -> None:
+        """End the answer soon, from another thread."""
+
+
 # Streams in flight, so shutdown can cut them before it stops the runners (llama-server
 # finishes a generation before honouring SIGTERM; a closed connection cancels it at once).
-_active: set[ProxyStream] = set()
+# The request recorder's follow streams register here too, to end at shutdown.
+_active: set[Abortable] = set()
 _active_lock = threading.Lock()
+
+
+def track_stream(stream: Abortable) -> None:
+    """Have :func:`abort_streams` cut ``stream`` until :func:`untrack_stream`."""
+    with _active_lock:
+        _active.add(stream)
+
+
+def untrack_stream(stream: Abortable) -> None:
+    """Forget ``stream`` (idempotent)."""
+    with _active_lock:
+        _active.discard(stream)
 
 
 class LeaseLike(Protocol):
@@ -250,6 +273,8 @@ class ProxyStream:
         is_sse: Whether the body is ``text/event-stream`` (enables event-aligned errors).
         model: Model name for log lines and error messages.
         face: The API face, for the shape of an error event.
+        recording: The request recorder's handle, or ``None`` (then nothing is recorded and
+            nothing is added per chunk).
     """
 
     def __init__(
@@ -262,8 +287,12 @@ class ProxyStream:
         is_sse: bool,
         model: str,
         face: Face = Face.OPENAI,
+        recording: Recording | None = None,
     ) -> None:
         self._face = face
+        self._recording = recording
+        if recording is not None:
+            recording.respond(upstream.status, is_sse)
         self._conn = conn
         self._upstream = upstream
         self._lease = lease
@@ -283,6 +312,8 @@ class ProxyStream:
             read = dechunker(upstream, sock)
         else:
             read = functools.partial(upstream.read1, READ_SIZE)
+        if self._recording is not None:
+            read = self._recording.tap(read)
         self._gen = self._relay_events(read) if self._is_sse else self._relay_bytes(read)
         return self._gen
 
@@ -323,8 +354,16 @@ class ProxyStream:
         finally:
             if self._timer is not None:
                 self._timer.finish()
+            if self._recording is not None:
+                self._recording.finish()
 
     def _failure(self, ex: BaseException) -> OrchestratorError:
+        error = self._failure_error(ex)
+        if self._recording is not None:
+            self._recording.fail_with(error)
+        return error
+
+    def _failure_error(self, ex: BaseException) -> OrchestratorError:
         if self._aborted:
             return ServiceUnavailableError(
                 "the daemon is shutting down and ended this answer; retry the request after it "
@@ -438,6 +477,10 @@ def engine_error(model: str, status: int, body: bytes) -> OrchestratorError:
     if not message:
         text = body.decode("utf-8", "replace").strip()[:500]
         message = f"the engine answered HTTP {status}" + (f": {text}" if text else "")
+    if status == 500 and "not supported" in message:
+        # llama-server's 500 for an image sent to a model without a projector ("image input is
+        # not supported - hint: ... mmproj"): a request the model cannot serve, so a 400.
+        return InvalidRequestError(f"model {model!r}: {message}", details={"status": status})
     return EngineRejectedError(
         f"model {model!r}: {message}", status=status, type_=type_, details={"status": status}
     )
@@ -530,6 +573,7 @@ def forward(
     model: str,
     timer: TimerLike | None = None,
     face: Face = Face.OPENAI,
+    recording: Recording | None = None,
 ) -> None:
     """Send ``body`` to the runner of ``lease`` and set up ``resp`` to stream its answer.
 
@@ -546,6 +590,8 @@ def forward(
         timer: Request metrics hooks.
         face: The API face: on any face but OpenAI an engine error status is raised as
             :class:`EngineRejectedError` (rendered in the face's shape) instead of passed on.
+        recording: The request recorder's handle for a streamed answer (the caller records
+            what this function raises, and an answer it sets as ``resp.data``).
 
     Raises:
         RunnerCrashedError: The runner could not be reached or died before answering.
@@ -592,11 +638,11 @@ def forward(
     if timer is not None:
         timer.status = upstream.status
     length = upstream.length
+    if upstream.status >= 400 and face is not Face.OPENAI:
+        _raise_engine_error(conn, upstream, lease, timer, model)
     if upstream.status == 500 and length is not None and length <= MAX_ENGINE_ERROR_BYTES:
         _finish_engine_error(req, resp, conn, upstream, lease, timer, model)
         return
-    if upstream.status >= 400 and face is not Face.OPENAI:
-        _raise_engine_error(conn, upstream, lease, timer, model)
     resp.status = upstream.status
     content_type = upstream.getheader("Content-Type") or ""
     resp.set_headers(_response_headers(upstream))
@@ -609,6 +655,7 @@ def forward(
         is_sse=content_type.startswith("text/event-stream"),
         model=model,
         face=face,
+        recording=recording,
     )
     if req.method == "HEAD" or upstream.status in _BODILESS:
         # Falcon sends no body for these and would never iterate (or close) the stream.

@@ -38,6 +38,22 @@ Path                                                    Method  Resource
 ``/engines/_configure``                                 GET     engines.ConfigureResource
 ``/metrics``                                            GET     metrics.MetricsResource
 ``/logs``                                               GET     logs.LogsResource
+``/engines[/{backend}]/v1/rerank``, ``/v1/rerank``      POST    openai.InferenceResource
+``/engines[/{backend}]/v1/score``, ``/v1/score``        POST    openai.InferenceResource (501)
+``/engines[/{backend}]/v1/images/generations``,         POST    openai.ImagesResource (501)
+``/v1/images/generations``
+``/engines/requests``                                   GET     recorder.RequestsResource
+``/api/version``, ``/api/tags``, ``/api/ps``            GET     ollama (see ollama.py's table)
+``/api/show``, ``/api/chat``, ``/api/generate``,        POST    ollama
+``/api/embed``, ``/api/embeddings``, ``/api/pull``,
+``/api/copy``
+``/api/delete``                                         DELETE  ollama
+``/anthropic/v1/messages``,                             POST    anthropic.MessagesResource
+``/engines[/{backend}]/v1/messages``, ``/v1/messages``
+(each also ``/count_tokens``)
+``[/engines[/{backend}]][/v1]/responses``               POST    responses (create)
+``.../responses/{id}``                                  GET/DEL  responses (retrieve, delete)
+``.../responses/{id}/input_items``                      GET     responses
 ======================================================  ======  =================================
 """
 

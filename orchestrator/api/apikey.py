@@ -50,8 +50,8 @@ class ApiKeyMiddleware:
             return
         resp.set_header("WWW-Authenticate", 'Bearer realm="model-runner"')
         raise AuthenticationError(
-            "this daemon needs its API key: send 'Authorization: Bearer <key>' (the value of "
-            "DMR_API_KEY where the daemon runs)"
+            "this daemon needs its API key: send 'Authorization: Bearer <key>' or "
+            "'x-api-key: <key>' (the value of DMR_API_KEY where the daemon runs)"
             if presented is None
             else "the API key is wrong; send the value of DMR_API_KEY where the daemon runs",
         )

@@ -20,10 +20,12 @@ and words, which the error renderer puts in the face's shape.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.api.faces import Face
@@ -32,6 +34,7 @@ from orchestrator.errors import (
     OrchestratorError,
     RunnerCrashedError,
     RunnerTimeoutError,
+    ServiceUnavailableError,
 )
 from orchestrator.proxy import (
     MAX_ENGINE_ERROR_BYTES,
@@ -42,10 +45,13 @@ from orchestrator.proxy import (
     engine_error,
     open_runner_connection,
     timed_out,
+    track_stream,
+    untrack_stream,
 )
 from orchestrator.store.reference import model_label
 
 if TYPE_CHECKING:
+    from orchestrator.api.request_log import Recording
     from orchestrator.api.shared import ApiContext
     from orchestrator.store.records import ModelRecord
 
@@ -74,16 +80,27 @@ class EngineAnswer:
         timer: TimerLike,
         record: ModelRecord,
         model: str,
+        recording: Recording | None = None,
     ) -> None:
         self._conn = conn
+        self._recording = recording
         self._upstream = upstream
         self._lease = lease
         self._timer = timer
         self._finished = False
+        self._aborted = False
         self.status = upstream.status
         self.content_type = upstream.getheader("Content-Type") or ""
         self.record = record
         self.model = model
+        # Seconds spent acquiring the runner (queue, admission, cold start): Ollama's
+        # load_duration. Set by call_engine.
+        self.acquire_seconds = 0.0
+        if recording is not None:
+            recording.respond(self.status, self.is_stream)
+        # Shutdown cuts translated answers too (llama-server finishes a generation before it
+        # honours SIGTERM; a closed connection cancels it at once).
+        track_stream(self)
 
     @property
     def is_stream(self) -> bool:
@@ -101,6 +118,8 @@ class EngineAnswer:
         try:
             data = self._upstream.read(MAX_ANSWER_BYTES + 1)
             self._timer.first_byte()
+            if self._recording is not None:
+                self._recording.capture(data)
             if len(data) > MAX_ANSWER_BYTES:
                 raise RunnerCrashedError(
                     f"the answer of model {self.model!r} is over {MAX_ANSWER_BYTES} bytes; ask "
@@ -130,9 +149,12 @@ class EngineAnswer:
         """
         pending = b""
         started = time.monotonic()
+        read: Callable[[], bytes] = functools.partial(self._upstream.read1, READ_SIZE)
+        if self._recording is not None:
+            read = self._recording.tap(read)
         try:
             while True:
-                chunk = self._upstream.read1(READ_SIZE)
+                chunk = read()
                 if not chunk:
                     break
                 self._timer.first_byte()
@@ -163,15 +185,26 @@ class EngineAnswer:
         finally:
             self.close()
 
+    def abort(self) -> None:
+        """Cut the engine connection from another thread (daemon shutdown)."""
+        self._aborted = True
+        sock = self._conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         """Close the connection (the engine stops generating), give the lease back (idempotent)."""
         if self._finished:
             return
         self._finished = True
+        untrack_stream(self)
         sock = self._conn.sock
         if sock is not None:
             try:
-                sock.shutdown(2)  # SHUT_RDWR: llama-server sees the disconnect now
+                sock.shutdown(socket.SHUT_RDWR)  # llama-server sees the disconnect now
             except OSError:
                 pass
         self._conn.close()
@@ -179,8 +212,22 @@ class EngineAnswer:
             self._lease.release()
         finally:
             self._timer.finish()
+            if self._recording is not None:
+                self._recording.finish()
 
     def _failure(self, ex: BaseException, started: float) -> OrchestratorError:
+        error = self._failure_error(ex, started)
+        if self._recording is not None:
+            self._recording.fail_with(error)
+        return error
+
+    def _failure_error(self, ex: BaseException, started: float) -> OrchestratorError:
+        if self._aborted:
+            self._timer.status = ServiceUnavailableError.status
+            return ServiceUnavailableError(
+                "the daemon is shutting down and ended this answer; retry the request after it "
+                "restarts"
+            )
         if timed_out(ex, started):
             self._timer.status = RunnerTimeoutError.status
             return RunnerTimeoutError(
@@ -242,6 +289,7 @@ def call_engine(
     # Imported here: api.openai imports the proxy and the store; this module is imported by
     # the faces only.
     from orchestrator.api.openai import resolve_model
+    from orchestrator.api.recorder import begin_engine_call
 
     if record is None:
         record = resolve_model(ctx.store, model)
@@ -249,12 +297,15 @@ def call_engine(
         raise EngineNotFoundError(ctx.engine_error or "llama-server was not found")
     body = json.dumps(payload).encode()
     timer = ctx.request_stats.begin(model_label(record.tags, record.id), mode, face.value)
+    acquiring = time.monotonic()
     try:
         lease = ctx.scheduler.acquire(record, mode)
     except BaseException as ex:
         timer.status = getattr(ex, "status", 500)
         timer.finish()
         raise
+    # Records the client's own request (path and body), not the translation sent here.
+    recording = begin_engine_call(ctx, face, record, model, mode, lease, upstream_path, body)
     conn = open_runner_connection(lease.socket_path)
     sent = time.monotonic()
     try:
@@ -274,23 +325,40 @@ def call_engine(
             timer.status = RunnerTimeoutError.status
             lease.release()
             timer.finish()
-            raise RunnerTimeoutError(
-                f"the runner of model {model!r} did not answer within "
-                f"{READ_TIMEOUT_SECONDS:.0f}s; retry the request",
-                details={"error": repr(ex)},
+            raise _recorded(
+                recording,
+                RunnerTimeoutError(
+                    f"the runner of model {model!r} did not answer within "
+                    f"{READ_TIMEOUT_SECONDS:.0f}s; retry the request",
+                    details={"error": repr(ex)},
+                ),
             ) from ex
         timer.status = RunnerCrashedError.status
         lease.report_crash()
         lease.release()
         timer.finish()
-        raise RunnerCrashedError(
-            f"the runner of model {model!r} could not be reached or died before answering; "
-            "retry the request (the runner is restarted on demand)",
-            details={"error": repr(ex), "socket": lease.socket_path},
+        raise _recorded(
+            recording,
+            RunnerCrashedError(
+                f"the runner of model {model!r} could not be reached or died before answering; "
+                "retry the request (the runner is restarted on demand)",
+                details={"error": repr(ex), "socket": lease.socket_path},
+            ),
         ) from ex
-    except BaseException:
+    except BaseException as ex:
         conn.close()
         lease.release()
         timer.finish()
+        _recorded(recording, ex)
         raise
-    return EngineAnswer(conn, upstream, lease, timer, record, model)
+    answer = EngineAnswer(conn, upstream, lease, timer, record, model, recording)
+    answer.acquire_seconds = sent - acquiring
+    return answer
+
+
+def _recorded(recording: Recording | None, error: BaseException) -> BaseException:
+    """Record that the request failed with ``error`` and ended; return ``error``."""
+    if recording is not None:
+        recording.fail_with(error)
+        recording.finish()
+    return error

@@ -2,8 +2,15 @@
 
 Inference (spec 1.4): read the body once (10 MiB cap), take only ``model`` from it, resolve it
 in the local store (no auto-pull), acquire a runner in the route's mode, and hand the original
-bytes to :func:`orchestrator.proxy.forward`. ``X-Preload-Only: true`` stops after the runner is
-ready.
+bytes to :func:`orchestrator.proxy.forward`, recording the request for ``/engines/requests``
+(:mod:`orchestrator.api.recorder`). ``X-Preload-Only: true`` stops after the runner is ready.
+
+Every path answers as ``/engines/v1/...``, ``/engines/{backend}/v1/...`` and the bare
+``/v1/...`` alias (DMR's ``AliasHandler`` prefixes ``/engines`` to anything under ``/v1/``).
+Beyond DMR's table, rerank and score also answer under ``v1/`` (``/v1/rerank``: what
+llama-server and rerank clients use; in DMR the alias lands on ``/engines/{backend}/rerank``
+with backend ``v1`` and 404s). ``/v1/images/generations`` exists as in DMR and answers 501
+for a local model: llama.cpp cannot generate images (DMR's diffusers backend can).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import falcon
 
 from orchestrator.api.body import parse_json, read_body, require_string
+from orchestrator.api.recorder import begin_forward
 from orchestrator.errors import (
     EngineNotFoundError,
     InvalidRequestError,
@@ -42,6 +50,12 @@ _TOP_INFERENCE = (
     ("/rerank", "/rerank", "reranking"),
     ("/score", "/score", "reranking"),
 )
+# Under /engines[/{backend}]/v1 and /v1 too (not in DMR; llama-server's own /v1/rerank).
+_V1_RERANK = (
+    ("/v1/rerank", "/rerank", "reranking"),
+    ("/v1/score", "/score", "reranking"),
+)
+_IMAGES_SUFFIX = "/v1/images/generations"
 _MODEL_PATH = re.compile(r"^(?:/engines(?:/(?P<backend>[^/]+))?)?/v1/models/(?P<ref>.+)$")
 
 
@@ -166,15 +180,61 @@ class InferenceResource:
             resp.content_type = falcon.MEDIA_TEXT
             resp.data = b""
             return
-        forward(
-            req,
-            resp,
-            lease,
-            upstream_path=self.upstream_path,
-            body=body,
-            model=model,
-            timer=timer,
+        recording = begin_forward(self.ctx, req, record, model, self.mode, lease, body)
+        try:
+            forward(
+                req,
+                resp,
+                lease,
+                upstream_path=self.upstream_path,
+                body=body,
+                model=model,
+                timer=timer,
+                recording=recording,
+            )
+        except BaseException as ex:
+            if recording is not None:
+                recording.fail_with(ex)
+                recording.finish()
+            raise
+        if recording is not None and resp.stream is None:
+            # An engine error read whole (the stream, when there is one, records itself).
+            recording.respond(http_status(resp.status), False)
+            recording.capture(resp.data or b"")
+            recording.finish()
+
+
+class ImagesResource:
+    """``POST .../v1/images/generations``: DMR's image route; llama.cpp cannot, so 501.
+
+    The body is read and the model resolved first, so a bad request or an unknown model gets
+    the same 400/404 as on the other inference routes.
+    """
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def on_post(
+        self, req: falcon.Request, resp: falcon.Response, backend: str | None = None
+    ) -> None:
+        check_backend(backend)
+        payload = parse_json(read_body(req))
+        if not isinstance(payload, dict):
+            raise InvalidRequestError(
+                'the request body must be a JSON object such as {"model": "...", "prompt": "..."}'
+            )
+        model = require_string(payload, "model", what="name the model to use")
+        resolve_model(self.ctx.store, model)
+        raise NotSupportedError(
+            f"model {model!r} cannot generate images: the llama.cpp engine has no "
+            "/v1/images/generations (Docker Model Runner serves it with its diffusers backend, "
+            "which this runner does not have)"
         )
+
+
+def http_status(status: Any) -> int:
+    """Return a Falcon status (``200``, ``"200 OK"`` or ``HTTPStatus``) as an int."""
+    return int(str(getattr(status, "value", status)).split(" ", 1)[0])
 
 
 class ModelListResource:
@@ -224,11 +284,15 @@ def add_routes(app: falcon.App, ctx: ApiContext) -> None:
         app.add_route("/engines" + suffix, resource)
         app.add_route("/engines/{backend}" + suffix, resource)
         app.add_route(suffix, resource)
-    for suffix, upstream, mode in _TOP_INFERENCE:
+    for suffix, upstream, mode in _TOP_INFERENCE + _V1_RERANK:
         resource = InferenceResource(ctx, upstream, mode)
         app.add_route("/engines" + suffix, resource)
         app.add_route("/engines/{backend}" + suffix, resource)
         app.add_route(suffix, resource)
+    images = ImagesResource(ctx)
+    app.add_route("/engines" + _IMAGES_SUFFIX, images)
+    app.add_route("/engines/{backend}" + _IMAGES_SUFFIX, images)
+    app.add_route(_IMAGES_SUFFIX, images)
     models = ModelListResource(ctx)
     app.add_route("/engines/v1/models", models)
     app.add_route("/engines/{backend}/v1/models", models)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from orchestrator.api.request_log import RequestLog
     from orchestrator.api.request_stats import RequestStats
     from orchestrator.engine import EngineChoice
     from orchestrator.registry.client import RegistryClient
@@ -36,6 +37,7 @@ class ApiContext:
         engine_path: The llama-server binary (``None`` when it was not found).
         engine_error: Why it was not found.
         engine: Which engine it is (flavor, variant, devices), for ``/engines/status``.
+        recorder: The request recorder (``/engines/requests``), ``None`` in a bare context.
     """
 
     config: Config
@@ -46,3 +48,4 @@ class ApiContext:
     engine_path: Path | None = None
     engine_error: str = ""
     engine: EngineChoice | None = None
+    recorder: RequestLog | None = None

@@ -24,15 +24,24 @@ class Lane(enum.Enum):
     WORK = "work"
 
 
-# Short reads: status, lists, inspection, the dashboard's files, metrics, the API document.
+# Short reads: status, lists, inspection, the dashboard's files, metrics, the API document,
+# Ollama's version/tags/ps, and a stored Responses API response (a dict lookup).
 _CONTROL_READS = re.compile(
     r"^/(?:|version|metrics|openapi\.json|models|ui(?:/.*)?"
     r"|engines/(?:ps|df|status)"
-    r"|(?:engines/(?:[^/]+/)?)?v1/models(?:/.*)?)$"
+    r"|(?:engines/(?:[^/]+/)?)?v1/models(?:/.*)?"
+    r"|api/(?:version|tags|ps)"
+    r"|(?:engines/(?:[^/]+/)?)?(?:v1/)?responses/[^/]+(?:/input_items)?)$"
 )
-# Short changes: unload, configure, tag, purge. Pulls, pushes, loads and exports are long.
+# Short changes: unload, configure, tag, purge; Ollama's show and copy (a tag). Pulls, pushes,
+# loads and exports are long.
 _CONTROL_WRITES = re.compile(
-    r"^/(?:engines/unload|engines/(?:[^/]+/)?_configure|models/purge|models/.+/tag)$"
+    r"^/(?:engines/unload|engines/(?:[^/]+/)?_configure|models/purge|models/.+/tag"
+    r"|api/(?:show|copy))$"
+)
+# Short deletes: a model (Ollama's too: unload of idle runners, then delete), a stored response.
+_CONTROL_DELETES = re.compile(
+    r"^/(?:models/.+|api/delete|(?:engines/(?:[^/]+/)?)?(?:v1/)?responses/[^/]+)$"
 )
 _TRUE_WORDS = frozenset({"1", "t", "true", "yes", "on"})
 
@@ -61,7 +70,7 @@ def lane_for(method: str, path: str, query: dict[str, str]) -> Lane:
         if path.startswith("/models/") and not path.endswith("/export") and not remote:
             return Lane.CONTROL
         return Lane.WORK
-    if method == "DELETE" and path.startswith("/models/"):
+    if method == "DELETE" and _CONTROL_DELETES.match(path):
         return Lane.CONTROL
     if method == "POST" and _CONTROL_WRITES.match(path):
         return Lane.CONTROL

@@ -18,7 +18,15 @@ from collections.abc import Sequence
 
 from orchestrator import __version__
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.modelcli.commands import bench, manage, package, plugin, run, runtime
+from orchestrator.modelcli.commands import (
+    bench,
+    manage,
+    package,
+    plugin,
+    requests,
+    run,
+    runtime,
+)
 from orchestrator.modelcli.context import CliContext
 
 EXIT_OK = 0
@@ -40,6 +48,7 @@ def build_parser(prog: str = "docker model") -> argparse.ArgumentParser:
     manage.register(commands)
     run.register(commands)
     runtime.register(commands)
+    requests.register(commands)
     package.register(commands)
     bench.register(commands)
     plugin.register(commands)

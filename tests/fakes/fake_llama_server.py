@@ -27,6 +27,31 @@ when the model file is missing. It answers llama-server's native ``POST /complet
 ``POST /fake/crash`` (exit 3 immediately, mid-request). A chat or text completion whose body
 holds ``"fake_status"`` is answered with that status and ``"fake_error"`` as the JSON body (an
 engine error, such as llama-server's 500 for a field it cannot parse).
+
+Opt-in chat behaviour for the translating faces (Ollama's ``/api/chat``), off unless set:
+
+- ``FAKE_LLAMA_TIMINGS=1``: answers carry llama-server's ``timings`` object (``prompt_n`` 3,
+  ``prompt_ms`` 12.5, ``predicted_n`` = tokens, ``predicted_ms`` 20.0) in the whole answer and
+  in the streamed chunk with ``finish_reason``, plus the usage chunk when ``stream_options``
+  asks for ``include_usage``.
+- ``FAKE_LLAMA_TOOL_CALL='<name> <json arguments>'``: the answer is that tool call; streamed,
+  the arguments arrive in 5-character fragments across deltas, as llama-server sends them,
+  and ``finish_reason`` is ``tool_calls``.
+- ``FAKE_LLAMA_STREAM_CRASH_AFTER=N``: a streamed answer exits the process (status 3) after N
+  content chunks, mid-stream.
+- ``FAKE_LLAMA_BODY_LOG=<path>``: append each chat request's JSON body to that file, one line
+  each (to check what a face translated a request into).
+
+Anthropic Messages (``POST /v1/messages``, ``/v1/messages/count_tokens``), in the shapes the
+real llama-server of this build writes (``to_json_anthropic*``): text of ``FAKE_LLAMA_TOKENS``
+pieces, or the tool call of ``FAKE_LLAMA_TOOL_CALL`` as a ``tool_use`` block (streamed, its
+``content_block_start`` has no ``input``, as the engine's); ``model`` is the GGUF path and
+``id`` ``chatcmpl-...``; with ``stop_sequences`` the answer stops after two pieces with
+``stop_reason`` ``end_turn`` and ``stop_sequence`` the first one (the engine's words).
+``FAKE_LLAMA_BODY_LOG`` logs these bodies too, ``fake_status`` works as on chat, and
+``FAKE_LLAMA_STREAM_CRASH_AFTER`` exits mid-stream. ``FAKE_LLAMA_ANTHROPIC_ERROR_AFTER=N``: a
+streamed answer ends after N text deltas with the engine's ``event: error`` (its bare error
+object, ``{"code": 500, "message", "type": "server_error"}``).
 """
 
 from __future__ import annotations
@@ -174,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self._body()
         if self.path in ("/v1/chat/completions", "/v1/completions") and "fake_status" in body:
             self._json(int(body["fake_status"]), body.get("fake_error", {}))
+        elif self.path == "/v1/chat/completions" and face_extras_wanted():
+            serve_face_extras(self, body)
         elif self.path in ("/v1/chat/completions", "/v1/completions"):
             with COUNTERS_LOCK:
                 COUNTERS["requests_processing"] += 1
@@ -191,6 +218,8 @@ class Handler(BaseHTTPRequestHandler):
             pieces = self._tokens()
             self._json(200, {"content": "".join(pieces), "tokens_predicted": len(pieces),
                              "timings": {"predicted_per_second": 123.0}})
+        elif self.path in ("/v1/messages", "/v1/messages/count_tokens"):
+            serve_anthropic(self, body)
         elif self.path == "/v1/embeddings":
             self._json(200, {"object": "list", "model": body.get("model", ""),
                              "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
@@ -243,6 +272,177 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             say("srv  stream: client disconnected")
+
+
+def face_extras_wanted() -> bool:
+    """Return whether one of the opt-in chat behaviours for translating faces is set."""
+    names = ("FAKE_LLAMA_TIMINGS", "FAKE_LLAMA_TOOL_CALL", "FAKE_LLAMA_STREAM_CRASH_AFTER",
+             "FAKE_LLAMA_BODY_LOG")
+    return any(os.environ.get(name) for name in names)
+
+
+def _fake_timings(predicted: int) -> dict[str, Any]:
+    return {"cache_n": 0, "prompt_n": 3, "prompt_ms": 12.5, "prompt_per_token_ms": 4.1,
+            "predicted_n": predicted, "predicted_ms": 20.0, "predicted_per_token_ms": 2.5}
+
+
+def _tool_call() -> tuple[str, str] | None:
+    spec = os.environ.get("FAKE_LLAMA_TOOL_CALL", "")
+    if not spec:
+        return None
+    name, _, arguments = spec.partition(" ")
+    return name, arguments
+
+
+def serve_face_extras(handler: Handler, body: dict[str, Any]) -> None:
+    """Answer a chat completion with the opt-in behaviours of the module docstring."""
+    log_path = os.environ.get("FAKE_LLAMA_BODY_LOG", "")
+    if log_path:
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(body) + "\n")
+    timings = os.environ.get("FAKE_LLAMA_TIMINGS", "") not in ("", "0")
+    tool = _tool_call()
+    pieces = handler._tokens()
+    usage = {"prompt_tokens": 3, "completion_tokens": len(pieces), "total_tokens": 3 + len(pieces)}
+    if not body.get("stream"):
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
+        if tool is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_fake", "type": "function",
+                 "function": {"name": tool[0], "arguments": tool[1]}}]}
+        answer: dict[str, Any] = {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", ""), "usage": usage,
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if tool else "length"}]}
+        if timings:
+            answer["timings"] = _fake_timings(len(pieces))
+        handler._json(200, answer)
+        return
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": body.get("model", "")}
+
+    def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+        event = {**base, "choices": choices, **extra}
+        handler._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+
+    crash_after = int(os.environ.get("FAKE_LLAMA_STREAM_CRASH_AFTER", "0") or 0)
+    try:
+        send([{"index": 0, "finish_reason": None, "delta": {"role": "assistant", "content": None}}])
+        if tool is not None:
+            name, arguments = tool
+            send([{"index": 0, "finish_reason": None, "delta": {"tool_calls": [
+                {"index": 0, "id": "call_fake", "type": "function",
+                 "function": {"name": name, "arguments": ""}}]}}])
+            for start in range(0, len(arguments), 5):
+                send([{"index": 0, "finish_reason": None, "delta": {"tool_calls": [
+                    {"index": 0, "function": {"arguments": arguments[start:start + 5]}}]}}])
+            finish = "tool_calls"
+        else:
+            for count, piece in enumerate(pieces, 1):
+                time.sleep(OPTIONS.token_delay)
+                send([{"index": 0, "finish_reason": None, "delta": {"content": piece}}])
+                if crash_after and count >= crash_after:
+                    say("fake: crashing mid-stream")
+                    os._exit(3)
+            finish = "length"
+        extra = {"timings": _fake_timings(len(pieces))} if timings else {}
+        send([{"index": 0, "finish_reason": finish, "delta": {}}], **extra)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            send([], usage=usage, **extra)
+        handler._chunk(b"data: [DONE]\n\n")
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        say("srv  stream: client disconnected")
+
+
+def _anthropic_message(body: dict[str, Any], pieces: list[str], tool: tuple[str, str] | None,
+                       stop: str | None) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": "".join(pieces)}] if pieces else []
+    if tool is not None:
+        content.append({"type": "tool_use", "id": "call_fake", "name": tool[0],
+                        "input": json.loads(tool[1] or "{}")})
+    reason = "tool_use" if tool else "end_turn" if stop else "max_tokens"
+    return {"id": "chatcmpl-fake", "type": "message", "role": "assistant", "content": content,
+            "model": OPTIONS.model, "stop_reason": reason, "stop_sequence": stop,
+            "usage": {"cache_read_input_tokens": 0, "input_tokens": 3,
+                      "output_tokens": len(pieces) or 1}}
+
+
+def serve_anthropic(handler: Handler, body: dict[str, Any]) -> None:
+    """Answer ``/v1/messages[/count_tokens]`` as llama-server does (module docstring)."""
+    log_path = os.environ.get("FAKE_LLAMA_BODY_LOG", "")
+    if log_path:
+        with open(log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(body) + "\n")
+    if "fake_status" in body:
+        handler._json(int(body["fake_status"]), body.get("fake_error", {}))
+        return
+    if handler.path.endswith("/count_tokens"):
+        handler._json(200, {"input_tokens": 3 + len(json.dumps(body.get("messages"))) // 4})
+        return
+    tool = _tool_call()
+    stops = body.get("stop_sequences") or []
+    stop = stops[0] if stops and tool is None else None
+    pieces = [] if tool else handler._tokens()[: 2 if stop else None]
+    message = _anthropic_message(body, pieces, tool, stop)
+    if not body.get("stream"):
+        handler._json(200, message)
+        return
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+
+    def send(name: str, data: dict[str, Any]) -> None:
+        handler._chunk(b"event: " + name.encode() + b"\ndata: " + json.dumps(data).encode() + b"\n\n")
+
+    crash_after = int(os.environ.get("FAKE_LLAMA_STREAM_CRASH_AFTER", "0") or 0)
+    error_after = int(os.environ.get("FAKE_LLAMA_ANTHROPIC_ERROR_AFTER", "0") or 0)
+    try:
+        start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+                 "usage": {**message["usage"], "output_tokens": 0}}
+        send("message_start", {"type": "message_start", "message": start})
+        if pieces:
+            send("content_block_start", {"type": "content_block_start", "index": 0,
+                                         "content_block": {"type": "text", "text": ""}})
+        for count, piece in enumerate(pieces, 1):
+            time.sleep(OPTIONS.token_delay)
+            send("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                         "delta": {"type": "text_delta", "text": piece}})
+            if crash_after and count >= crash_after:
+                say("fake: crashing mid-stream")
+                os._exit(3)
+            if error_after and count >= error_after:
+                send("error", {"code": 500, "message": "fake engine failure", "type": "server_error"})
+                handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+                return
+        if pieces:
+            send("content_block_stop", {"type": "content_block_stop", "index": 0})
+        if tool is not None:
+            index = 1 if pieces else 0
+            send("content_block_start", {"type": "content_block_start", "index": index,
+                                         "content_block": {"type": "tool_use", "id": "call_fake",
+                                                           "name": tool[0]}})
+            for at in range(0, len(tool[1]), 5):
+                send("content_block_delta", {"type": "content_block_delta", "index": index,
+                                             "delta": {"type": "input_json_delta",
+                                                       "partial_json": tool[1][at:at + 5]}})
+            send("content_block_stop", {"type": "content_block_stop", "index": index})
+        send("message_delta", {"type": "message_delta",
+                               "delta": {"stop_reason": message["stop_reason"], "stop_sequence": stop},
+                               "usage": {"output_tokens": message["usage"]["output_tokens"]}})
+        send("message_stop", {"type": "message_stop"})
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        say("srv  stream: client disconnected")
 
 
 class UnixServer(socketserver.ThreadingUnixStreamServer):

@@ -89,6 +89,15 @@ def test_a_head_without_end_is_refused_after_the_limit() -> None:
         ("POST", "/models/purge", {}),
         ("DELETE", "/models/ai/smollm2", {}),
         ("OPTIONS", "/engines/v1/chat/completions", {}),
+        ("GET", "/api/version", {}),
+        ("GET", "/api/tags", {}),
+        ("GET", "/api/ps", {}),
+        ("POST", "/api/show", {}),
+        ("POST", "/api/copy", {}),
+        ("DELETE", "/api/delete", {}),
+        ("GET", "/v1/responses/resp_abc", {}),
+        ("GET", "/engines/llama.cpp/v1/responses/resp_abc/input_items", {}),
+        ("DELETE", "/responses/resp_abc", {}),
     ],
 )
 def test_short_management_requests_take_the_control_lane(
@@ -110,7 +119,12 @@ def test_short_management_requests_take_the_control_lane(
         ("GET", "/models/ai/smollm2/export", {}),
         ("GET", "/models/ai/smollm2", {"remote": "true"}),
         ("GET", "/logs", {"follow": "true"}),
-        ("POST", "/api/chat", {}),  # a route nobody listed is served, without reserved threads
+        ("POST", "/api/chat", {}),
+        ("POST", "/api/pull", {}),
+        ("POST", "/v1/responses", {}),
+        ("POST", "/anthropic/v1/messages", {}),
+        ("GET", "/engines/requests", {}),  # may follow (Accept: text/event-stream)
+        ("POST", "/v1/unlisted", {}),  # a route nobody listed is served, without reserved threads
         ("POST", "/models", {}),
     ],
 )
