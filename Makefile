@@ -45,7 +45,9 @@ K8S_TOOLS_VENV := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/model-runner/tools/k8s-
 
 k8s-tools: $(K8S_TOOLS_VENV)/.installed
 
-$(K8S_TOOLS_VENV)/.installed: $(K8S_TOOLS_REQUIREMENTS)
+# Order-only: the directory name already carries the file's hash, and a fresh clone's newer
+# mtime must not rebuild a venv proven for exactly these pins.
+$(K8S_TOOLS_VENV)/.installed: | $(K8S_TOOLS_REQUIREMENTS)
 	rm -rf '$(K8S_TOOLS_VENV)'
 	$(PYTHON) -m venv '$(K8S_TOOLS_VENV)'
 	'$(K8S_TOOLS_VENV)/bin/pip' install --quiet --upgrade pip
