@@ -23,7 +23,7 @@ from orchestrator.api.middleware import (
     OriginPolicy,
     RequestContextMiddleware,
 )
-from orchestrator.api.recorder import RecorderMiddleware, new_request_log
+from orchestrator.api.recorder import new_request_log
 from orchestrator.api.request_stats import RequestStats
 from orchestrator.api.shared import ApiContext, RegistryFactory
 from orchestrator.engine import EngineChoice, choose_engine
@@ -126,8 +126,6 @@ def create_app(
         # After CORS: a refusal still carries the CORS headers a page needs to read it, and a
         # preflight (never credentialed) is answered before any key is asked for.
         ApiKeyMiddleware(config.api_key),
-        # Last: only requests that passed the checks above reach a face and get recorded.
-        RecorderMiddleware(request_log),
     ]
     app = falcon.App(middleware=middleware)
     app.req_options.keep_blank_qs_values = True

@@ -89,7 +89,7 @@ class MessagesResource:
             raise EngineNotFoundError(self.ctx.engine_error or "llama-server was not found")
         if request.warm_only:
             try:
-                answer_warm_only(self.ctx, resp, record, request, payload)
+                answer_warm_only(self.ctx, req, resp, record, request, payload)
             except EngineRejectedError as ex:
                 raise client_error(ex) from ex
             return

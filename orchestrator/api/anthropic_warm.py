@@ -20,6 +20,7 @@ from orchestrator.api.anthropic_answer import fix_message
 from orchestrator.api.anthropic_request import tool_choice_rewrite
 from orchestrator.api.engine_call import call_engine
 from orchestrator.api.faces import Face
+from orchestrator.api.recorder import client_request
 
 if TYPE_CHECKING:
     from orchestrator.api.anthropic_request import MessagesRequest
@@ -70,6 +71,7 @@ def event_stream(message: dict[str, Any]) -> bytes:
 
 def answer_warm_only(
     ctx: ApiContext,
+    req: falcon.Request,
     resp: falcon.Response,
     record: ModelRecord,
     request: MessagesRequest,
@@ -85,7 +87,8 @@ def answer_warm_only(
     warm["max_tokens"] = 1
     warm["stream"] = False
     answer = call_engine(ctx, face=Face.ANTHROPIC, model=request.model, mode="completion",
-                         upstream_path="/v1/messages", payload=warm, record=record)  # fmt: skip
+                         upstream_path="/v1/messages", payload=warm, record=record,
+                         client=client_request(req, payload, Face.ANTHROPIC))  # fmt: skip
     engine_message = answer.json()
     message = empty_message(engine_message if isinstance(engine_message, dict) else {}, request)
     if request.stream:

@@ -51,7 +51,7 @@ from orchestrator.proxy import (
 from orchestrator.store.reference import model_label
 
 if TYPE_CHECKING:
-    from orchestrator.api.request_log import Recording
+    from orchestrator.api.request_log import ClientRequest, Recording
     from orchestrator.api.shared import ApiContext
     from orchestrator.store.records import ModelRecord
 
@@ -267,6 +267,7 @@ def call_engine(
     upstream_path: str,
     payload: dict[str, Any],
     record: ModelRecord | None = None,
+    client: ClientRequest | None = None,
 ) -> EngineAnswer:
     """Send ``payload`` as JSON to ``upstream_path`` on a runner of ``model``; return the answer.
 
@@ -278,6 +279,8 @@ def call_engine(
         upstream_path: The engine path (``/v1/chat/completions``).
         payload: The body; its ``model`` is sent as given.
         record: The resolved model, when the face resolved it already.
+        client: The client's own request, for the request recorder
+            (:func:`orchestrator.api.recorder.client_request`).
 
     Raises:
         ModelNotFoundError: Not in the local store.
@@ -305,7 +308,9 @@ def call_engine(
         timer.finish()
         raise
     # Records the client's own request (path and body), not the translation sent here.
-    recording = begin_engine_call(ctx, face, record, model, mode, lease, upstream_path, body)
+    recording = begin_engine_call(
+        ctx, face, record, model, mode, lease, upstream_path, body, client
+    )
     conn = open_runner_connection(lease.socket_path)
     sent = time.monotonic()
     try:

@@ -57,6 +57,8 @@ from orchestrator.api.ollama_request import (
 )
 from orchestrator.api.ollama_runner import apply_wish, load, stored_settings, unload
 from orchestrator.api.ollama_stream import NdjsonStream, Translator, created_at, ndjson_line
+from orchestrator.api.recorder import client_request
+from orchestrator.api.request_log import ClientRequest
 from orchestrator.errors import InvalidRequestError, ModelNotFoundError, RunnerCrashedError
 
 if TYPE_CHECKING:
@@ -182,6 +184,7 @@ class ChatResource:
             upstream_path="/v1/chat/completions",
             payload=payload,
             record=record,
+            client=client_request(req, body, Face.OLLAMA),
         )
         translator = Translator(
             name, generate=self.generate, started=started, load_seconds=answer.acquire_seconds
@@ -276,7 +279,10 @@ class EmbedResource:
         record = resolve(self.ctx, name)
         apply_wish(self.ctx, record, "embedding", wish)
         try:
-            vectors, prompt_tokens = self._embed(name, record, inputs) if inputs else ([], 0)
+            client = client_request(req, body, Face.OLLAMA)
+            vectors, prompt_tokens = (
+                self._embed(name, record, inputs, client) if inputs else ([], 0)
+            )
         finally:
             if wish.unload_after:
                 unload(self.ctx, record)
@@ -295,7 +301,7 @@ class EmbedResource:
         )
 
     def _embed(
-        self, name: str, record: ModelRecord, inputs: list[str]
+        self, name: str, record: ModelRecord, inputs: list[str], client: ClientRequest
     ) -> tuple[list[list[float]], int]:
         answer = call_engine(
             self.ctx,
@@ -305,6 +311,7 @@ class EmbedResource:
             upstream_path="/v1/embeddings",
             payload={"model": name, "input": inputs, "encoding_format": "float"},
             record=record,
+            client=client,
         ).json()
         data = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(data, list):

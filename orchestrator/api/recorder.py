@@ -5,16 +5,13 @@ What is recorded, and where (the log itself is :mod:`orchestrator.api.request_lo
 - **OpenAI pass-through** (``/engines/v1/...``, ``/v1/...``, ``/rerank``): the resource calls
   :func:`begin_forward` with the body it read and hands the :class:`Recording` to
   :func:`orchestrator.proxy.forward`, whose stream taps its reads.
-- **Translating faces** (Ollama, Anthropic, Responses): their engine requests go through
-  :func:`orchestrator.api.engine_call.call_engine`, which calls :func:`begin_engine_call`. The
-  record must show what the *client* sent, on the path it used, not the OpenAI body the face
-  made of it; ``call_engine`` sees neither. So :class:`RecorderMiddleware` keeps, for every
-  POST on a translating face's path, the request line, two headers and a copy of the body bytes
-  as the resource reads them (:class:`_TeeInput`: one list append per read, no parse), in a
-  context variable of the request's thread, which ``call_engine`` reads. The faces need not
-  know the recorder exists. The answer recorded is the engine's (OpenAI chat completion, made
-  whole when it was streamed): one shape for every face, and the face's own answer is a pure
-  function of it.
+- **Translating faces** (Ollama, Responses, Anthropic's ``max_tokens: 0``): their engine requests
+  go through :func:`orchestrator.api.engine_call.call_engine`, which calls
+  :func:`begin_engine_call`. The record must show what the *client* sent, on the path it used,
+  not the OpenAI body the face made of it, so the face passes :func:`client_request` (its
+  request line, two headers and the JSON it read) to ``call_engine``. The answer recorded is the
+  engine's (OpenAI chat completion, made whole when it was streamed): one shape for every face,
+  and the face's own answer is a pure function of it.
 
 ``GET /engines/requests[?model=]`` answers DMR's JSON array; with ``Accept:
 text/event-stream`` it follows: ``event: connected``, with ``include_existing=true`` one
@@ -27,7 +24,6 @@ daemon shutdown (it registers with :func:`orchestrator.proxy.track_stream`).
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import threading
@@ -38,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import falcon
 
 from orchestrator.api.body import query_bool, query_string
-from orchestrator.api.faces import Face, face_of_path
+from orchestrator.api.faces import Face
 from orchestrator.api.logs import client_gone
 from orchestrator.api.request_log import ClientRequest, Entry, Follower, Recording, RequestLog
 from orchestrator.errors import ServiceUnavailableError
@@ -59,84 +55,17 @@ _CONNECTED = b'event: connected\ndata: {"status": "connected"}\n\n'
 _HEARTBEAT = b": keep-alive\n\n"
 
 
-class _TeeInput:
-    """A WSGI input that keeps a copy of what the resource reads (at most the body cap)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self.parts: list[bytes] = []
-
-    def read(self, size: int | None = -1) -> bytes:
-        data: bytes = self._stream.read(size)
-        self.parts.append(data)
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        data: bytes = self._stream.readline(size)
-        self.parts.append(data)
-        return data
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines: list[bytes] = self._stream.readlines(hint)
-        self.parts.extend(lines)
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self._stream:
-            self.parts.append(line)
-            yield line
-
-
-class _Pending:
-    """The client's request of a translating face, as :class:`RecorderMiddleware` saw it."""
-
-    def __init__(self, req: falcon.Request, tee: _TeeInput, face: Face) -> None:
-        self.method = req.method
-        self.path = req.path
-        self.user_agent = req.get_header("User-Agent") or ""
-        self.origin = req.get_header(ORIGIN_HEADER) or face.value
-        self.tee = tee
-
-    def client(self) -> ClientRequest:
-        """Return the request with the body bytes read so far."""
-        return ClientRequest(
-            self.method, self.path, b"".join(self.tee.parts), self.user_agent, self.origin
-        )
-
-
-# The request the current thread serves (set for every request, so never stale).
-_current: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar(
-    "recorded_request", default=None
-)
-
-
-class RecorderMiddleware:
-    """Keep what :func:`begin_engine_call` needs of a translating face's request.
-
-    Args:
-        request_log: The recorder (nothing is kept while it is off).
-    """
-
-    def __init__(self, request_log: RequestLog) -> None:
-        self.request_log = request_log
-
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """Tee the body of a POST on a translating face's path."""
-        face = face_of_path(req.path)
-        if not self.request_log.enabled or req.method != "POST" or face is Face.OPENAI:
-            _current.set(None)
-            return
-        tee = _TeeInput(req.stream)
-        # Both: Falcon's bounded_stream wraps env["wsgi.input"], read_body may read req.stream.
-        req.stream = tee
-        req.env["wsgi.input"] = tee
-        _current.set(_Pending(req, tee, face))
-
-    def process_response(
-        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
-    ) -> None:
-        """Forget the request (a stream's later engine calls record their own body)."""
-        _current.set(None)
+def client_request(req: falcon.Request, body: dict[str, Any], face: Face) -> ClientRequest:
+    """Return what the recorder keeps of a translating face's request: its path, the JSON
+    object the face read (serialized again: media is cut and secrets redacted from it anyway),
+    its User-Agent and its ``X-Request-Origin`` (else the face's name)."""
+    return ClientRequest(
+        req.method,
+        req.path,
+        json.dumps(body).encode(),
+        req.get_header("User-Agent") or "",
+        req.get_header(ORIGIN_HEADER) or face.value,
+    )
 
 
 def _runner_of(lease: LeaseLike) -> tuple[str, int]:
@@ -169,23 +98,19 @@ def begin_forward(
 
 def begin_engine_call(
     ctx: ApiContext, face: Face, record: ModelRecord, model: str, mode: str,
-    lease: LeaseLike, upstream_path: str, body: bytes,
+    lease: LeaseLike, upstream_path: str, body: bytes, client: ClientRequest | None,
 ) -> Recording | None:  # fmt: skip
     """Start recording a translating face's engine call; never raises.
 
-    The client's own request is recorded when :class:`RecorderMiddleware` kept it; an engine
-    call made later (inside a stream) records the body sent to the engine instead.
+    ``client`` is the face's own request (:func:`client_request`); without it the body sent to
+    the engine is recorded instead.
     """
     request_log = ctx.recorder
     if request_log is None or not request_log.enabled:
         return None
     try:
-        pending = _current.get()
-        client = (
-            pending.client()
-            if pending is not None
-            else ClientRequest("POST", upstream_path, body, origin=face.value)
-        )
+        if client is None:
+            client = ClientRequest("POST", upstream_path, body, origin=face.value)
         runner, context_size = _runner_of(lease)
         return request_log.begin(
             model=model, model_id=record.id, mode=mode, runner=runner,

@@ -44,6 +44,7 @@ from orchestrator.api.body import query_bool, query_string, read_json_object
 from orchestrator.api.engine_call import call_engine
 from orchestrator.api.faces import Face
 from orchestrator.api.openai import check_backend
+from orchestrator.api.recorder import client_request
 from orchestrator.api.responses_request import ResponsesRequest, new_id, parse_request
 from orchestrator.api.responses_store import ResponseStore, StoredResponse, entry
 from orchestrator.api.responses_stream import EventStream, ResponseEvents, replay
@@ -99,7 +100,8 @@ class CreateResource:
         self, req: falcon.Request, resp: falcon.Response, backend: str | None = None
     ) -> None:
         check_backend(backend)
-        request = parse_request(read_json_object(req, example=_EXAMPLE))
+        body = read_json_object(req, example=_EXAMPLE)
+        request = parse_request(body)
         parent = self._parent(request)
         payload = chat_payload(request, parent.history_items() if parent else [])
         response = response_object(request, new_id("resp"), int(time.time()), "in_progress")
@@ -110,6 +112,7 @@ class CreateResource:
             mode="completion",
             upstream_path="/v1/chat/completions",
             payload=payload,
+            client=client_request(req, body, Face.RESPONSES),
         )
         if not request.stream:
             finished = from_chat_answer(response, answer.json())

@@ -18,7 +18,12 @@ import pytest
 from orchestrator.api.body import read_json_object
 from orchestrator.api.engine_call import call_engine
 from orchestrator.api.faces import Face
-from orchestrator.api.recorder import MAX_FOLLOWERS, RequestsResource, wants_events
+from orchestrator.api.recorder import (
+    MAX_FOLLOWERS,
+    RequestsResource,
+    client_request,
+    wants_events,
+)
 from orchestrator.api.shared import ApiContext
 from tests.support.api_app import TINY_TAG, ApiHarness, assert_error_shape, build_harness
 
@@ -135,7 +140,8 @@ def test_bound_per_model_and_off_switch() -> None:
 
 
 class ProbeFace:
-    """A translating face in miniature: reads its own body, calls the engine in OpenAI."""
+    """A translating face in miniature: reads its own body, calls the engine in OpenAI, and
+    hands the recorder its own request."""
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
@@ -153,6 +159,7 @@ class ProbeFace:
                 "stream": bool(body.get("stream")),
                 "messages": [{"role": "user", "content": body["prompt"]}],
             },
+            client=client_request(req, body, Face.OLLAMA),
         )
         if answer.is_stream:
             text = "".join(
