@@ -258,6 +258,20 @@ def dechunker(upstream: http.client.HTTPResponse, sock: socket.socket) -> Callab
     return read
 
 
+def shutdown_connection(conn: http.client.HTTPConnection) -> None:
+    """Shut an engine connection's socket down now, from any thread (never raises).
+
+    ``shutdown()`` takes effect even while a response still holds a reference to the socket's
+    file, so llama-server sees the disconnect at once and stops generating.
+    """
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class ProxyStream:
     """The response body of one proxied request; owns the connection and the lease.
 
@@ -332,14 +346,7 @@ class ProxyStream:
         self._shutdown_socket()
 
     def _shutdown_socket(self) -> None:
-        sock = self._conn.sock
-        if sock is not None:
-            try:
-                # shutdown() takes effect even while the response still holds a reference to
-                # the socket's file, so llama-server sees the disconnect now.
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown_connection(self._conn)
 
     def _finish(self) -> None:
         if self._finished:

@@ -30,9 +30,13 @@ import falcon
 from orchestrator.api.anthropic_answer import FixedStream, fix_message_bytes
 from orchestrator.api.anthropic_request import MessagesRequest, check_request, engine_body
 from orchestrator.api.anthropic_warm import answer_warm_only
-from orchestrator.api.body import parse_json, read_body, require_string
 from orchestrator.api.faces import Face
-from orchestrator.api.openai import check_backend, http_status, resolve_model
+from orchestrator.api.openai import (
+    check_backend,
+    http_status,
+    read_model_request,
+    resolve_model,
+)
 from orchestrator.api.recorder import begin_forward
 from orchestrator.errors import (
     EngineNotFoundError,
@@ -78,11 +82,7 @@ class MessagesResource:
         self, req: falcon.Request, resp: falcon.Response, backend: str | None = None
     ) -> None:
         check_backend(backend)
-        body = read_body(req)
-        payload = parse_json(body)
-        if not isinstance(payload, dict):
-            raise InvalidRequestError(f"the request body must be a JSON object such as {_EXAMPLE}")
-        model = require_string(payload, "model", what="name a local model, e.g. 'ai/smollm2'")
+        body, payload, model = read_model_request(req, _EXAMPLE)
         request = check_request(payload, model, generating=self.generating)
         record = resolve_model(self.ctx.store, model)
         if self.ctx.engine_path is None:

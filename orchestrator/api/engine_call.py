@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import http.client
 import json
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,7 @@ from orchestrator.proxy import (
     TimerLike,
     engine_error,
     open_runner_connection,
+    shutdown_connection,
     timed_out,
     track_stream,
     untrack_stream,
@@ -188,12 +188,7 @@ class EngineAnswer:
     def abort(self) -> None:
         """Cut the engine connection from another thread (daemon shutdown)."""
         self._aborted = True
-        sock = self._conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown_connection(self._conn)
 
     def close(self) -> None:
         """Close the connection (the engine stops generating), give the lease back (idempotent)."""
@@ -201,12 +196,7 @@ class EngineAnswer:
             return
         self._finished = True
         untrack_stream(self)
-        sock = self._conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # llama-server sees the disconnect now
-            except OSError:
-                pass
+        shutdown_connection(self._conn)
         self._conn.close()
         try:
             self._lease.release()

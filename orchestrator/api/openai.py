@@ -132,6 +132,21 @@ def check_engine_input(upstream_path: str, payload: dict[str, Any]) -> None:
             )
 
 
+def read_model_request(req: falcon.Request, example: str) -> tuple[bytes, dict[str, Any], str]:
+    """Read an inference body: (the bytes, the JSON object, its non-empty ``model``).
+
+    Raises:
+        InvalidRequestError: Not a JSON object (``example`` shows one), or no ``model``.
+        RequestTooLargeError: Over the 10 MiB cap.
+    """
+    body = read_body(req)
+    payload = parse_json(body)
+    if not isinstance(payload, dict):
+        raise InvalidRequestError(f"the request body must be a JSON object such as {example}")
+    model = require_string(payload, "model", what="name a local model, e.g. 'ai/smollm2'")
+    return body, payload, model
+
+
 class InferenceResource:
     """``POST`` to an engine path: chat/completions, completions, embeddings, rerank.
 
@@ -150,13 +165,7 @@ class InferenceResource:
         self, req: falcon.Request, resp: falcon.Response, backend: str | None = None
     ) -> None:
         check_backend(backend)
-        body = read_body(req)
-        payload = parse_json(body)
-        if not isinstance(payload, dict):
-            raise InvalidRequestError(
-                'the request body must be a JSON object such as {"model": "ai/smollm2", ...}'
-            )
-        model = require_string(payload, "model", what="name the model to use, e.g. 'ai/smollm2'")
+        body, payload, model = read_model_request(req, '{"model": "ai/smollm2", ...}')
         record = resolve_model(self.ctx.store, model)
         check_engine_input(self.upstream_path, payload)
         if self.upstream_path == "/score":
@@ -218,12 +227,7 @@ class ImagesResource:
         self, req: falcon.Request, resp: falcon.Response, backend: str | None = None
     ) -> None:
         check_backend(backend)
-        payload = parse_json(read_body(req))
-        if not isinstance(payload, dict):
-            raise InvalidRequestError(
-                'the request body must be a JSON object such as {"model": "...", "prompt": "..."}'
-            )
-        model = require_string(payload, "model", what="name the model to use")
+        _body, _payload, model = read_model_request(req, '{"model": "...", "prompt": "..."}')
         resolve_model(self.ctx.store, model)
         raise NotSupportedError(
             f"model {model!r} cannot generate images: the llama.cpp engine has no "
