@@ -102,7 +102,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
 # --- Packages (scripts in packaging/; outputs in build/packages/) ---------------------------------
-.PHONY: deb rpm deb-engine deb-engine-cuda package-test
+.PHONY: deb rpm deb-engine deb-engine-cuda package-test image image-push test-image
 
 # docker-model-plugin_<version>_all.deb: dpkg-buildpackage in a clean Debian chroot (mmdebstrap,
 # Build-Depends only), then lintian on the host.
@@ -129,6 +129,31 @@ package-test:
 # part of .ci/run.
 deb-engine-cuda:
 	packaging/build-engine-deb.sh --cuda
+
+# --- OCI image (packaging/build-image.sh; README "Scaling out") -----------------------------------
+# build/image/oci: a Debian rootfs (mmdebstrap) holding our two .debs, assembled by umoci; no base
+# image is pulled. IMAGE_DEBS reuses built packages; else both are built (the engine's from ccache).
+IMAGE_LAYOUT ?= build/image/oci
+IMAGE_TAG ?= $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' orchestrator/__init__.py)
+
+image:
+	IMAGE_LAYOUT='$(IMAGE_LAYOUT)' IMAGE_TAG='$(IMAGE_TAG)' packaging/build-image.sh
+
+# Push the built layout anywhere skopeo reaches: make image-push IMAGE_DEST=docker://host/name:tag
+# (IMAGE_DEST_TLS_VERIFY=false for a plain-HTTP registry).
+image-push:
+	@[ -n "$(IMAGE_DEST)" ] || { echo "image-push: set IMAGE_DEST, e.g. docker://registry.example.com/docker-model-runner:$(IMAGE_TAG)" >&2; exit 2; }
+	skopeo copy --dest-tls-verify=$(or $(IMAGE_DEST_TLS_VERIFY),true) 'oci:$(IMAGE_LAYOUT):$(IMAGE_TAG)' '$(IMAGE_DEST)'
+
+# Build the image, then tests/image: push it to a loopback registry, run it with podman (init step
+# pulls the model, the daemon answers a chat). Part of .ci/run.
+IMAGE_TEST_PACKAGES := podman:podman skopeo:skopeo runc:runc slirp4netns:slirp4netns umoci:umoci
+
+test-image: deps venv engine model image
+	$(call install_missing,$(IMAGE_TEST_PACKAGES))
+	LLAMA_SERVER_PATH="$$(bin/provision-engine)" DMR_TEST_MODEL="$$(bin/provision-model)" \
+	DMR_TEST_IMAGE='oci:$(IMAGE_LAYOUT):$(IMAGE_TAG)' \
+	$(BIN)/python -m pytest tests/image $(PYTEST_ARGS)
 
 # --- Benchmark: A (llama-server direct), B (this daemon), C (llama-server router) ------------------
 # Scripts in bench/; tables on stdout, bench.json, table.md and charts in bench/results/<mode>/.

@@ -30,6 +30,7 @@ from orchestrator.engine import EngineChoice, choose_engine
 from orchestrator.errors import EngineNotFoundError
 
 if TYPE_CHECKING:
+    from orchestrator.registry.request_auth import RequestAuth
     from orchestrator.runners.scheduler import Scheduler
     from orchestrator.settings import Config
     from orchestrator.store.store import Store
@@ -41,10 +42,13 @@ def default_registry_factory(config: Config) -> RegistryFactory:
     """Return a factory of registry clients configured from ``config``."""
     from orchestrator.registry.client import RegistryClient
 
-    def make(bearer_token: str | None) -> RegistryClient:
+    def make(
+        bearer_token: str | None, request_auth: RequestAuth | None = None
+    ) -> RegistryClient:
         return RegistryClient(
-            insecure_registries=config.insecure_registries,
+            insecure_registries=config.plain_http_registries,
             bearer_token=bearer_token,
+            request_auth=request_auth,
             deadline_seconds=config.registry_deadline_seconds,
             stall_seconds=config.registry_stall_seconds,
             min_bytes_per_second=config.registry_min_bytes_per_second,

@@ -27,20 +27,20 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import psutil
 from gunicorn.app.base import BaseApplication
 
+from orchestrator.bridge import bridge_ipv4
 from orchestrator.errors import ConfigError
 from orchestrator.httpserver.worker import FrontDoorLimits
 from orchestrator.logfiles import setup_logging
 from orchestrator.proxy import abort_streams
+from orchestrator.store.reference import set_default_registry
 
 if TYPE_CHECKING:
     from orchestrator.runners.scheduler import Scheduler
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
-BRIDGE_INTERFACE = "docker0"
 # In-flight requests get this long after SIGTERM before their runners are stopped.
 DRAIN_SECONDS = 5.0
 # Margin for the worker to leave after the runners are gone, inside the master's deadline.
@@ -63,19 +62,17 @@ SOCKET_UMASK = 0o117
 def default_hosts() -> list[str]:
     """Return 127.0.0.1 plus the IPv4 address of the ``docker0`` bridge when it exists."""
     hosts = [DEFAULT_HOST]
-    try:
-        addresses = psutil.net_if_addrs().get(BRIDGE_INTERFACE, [])
-    except OSError as ex:
-        log.warning("cannot list network interfaces error=%s", ex)
-        addresses = []
-    for address in addresses:
-        if address.family == socket.AF_INET and address.address not in hosts:
-            hosts.append(address.address)
+    bridge = bridge_ipv4()
+    if bridge is not None and bridge not in hosts:
+        hosts.append(bridge)
     return hosts
 
 
 def tls_enabled(config: Config) -> bool:
-    """Return whether the TLS listener is configured (certificate and key both given)."""
+    """Return whether the TLS listener runs: certificate and key both given, unless DMR's
+    ``MODEL_RUNNER_TLS_ENABLED`` says false (true without them is refused by the settings)."""
+    if config.tls_enabled is False:
+        return False
     return bool(config.tls_cert and config.tls_key)
 
 
@@ -225,6 +222,8 @@ def run(config: Config) -> int:
         )
     if tls_enabled(config):
         server_tls_context(config)  # refuse a bad certificate before anything listens
+    # Before the fork, so the worker parses references with it too.
+    set_default_registry(config.default_registry)
     setup_logging(
         config.log_path,
         config.log_level,

@@ -14,14 +14,17 @@ import logging
 import math
 import os
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.memory.sizes import check_reserve, parse_size
+from orchestrator.store.reference import DEFAULT_REGISTRY, is_insecure_registry, parse_reference
 
 DEFAULT_CONFIG_FILE = "/etc/docker-model-runner/config.yaml"
 MiB = 1024 * 1024
@@ -145,6 +148,87 @@ def parse_rpc_servers(value: object) -> tuple[str, ...]:
     return tuple(found)
 
 
+def parse_engine_args(value: object) -> tuple[str, ...]:
+    """Split ``LLAMA_ARGS`` (shell-style quoting) and check it against the engine allow-list.
+
+    A YAML list is taken item by item. The flags must pass the same allow-list as a model's
+    ``_configure`` runtime flags (:func:`~orchestrator.runners.engineflags.validate_runtime_flags`):
+    no paths, nothing the daemon sets itself (``--model``, ``--host``, ``--port``...).
+
+    Raises:
+        ValueError: Unbalanced quotes, or a flag the allow-list refuses.
+    """
+    # NOTE(settings): imported here because engineflags imports this module (parse_rpc_servers).
+    from orchestrator.runners.engineflags import validate_runtime_flags
+
+    if isinstance(value, (list, tuple)):
+        items = [str(item) for item in value]
+    else:
+        try:
+            items = shlex.split(str(value))
+        except ValueError as ex:
+            raise ValueError(f"cannot split it into arguments ({ex})") from ex
+    try:
+        return validate_runtime_flags(items)
+    except OrchestratorError as ex:
+        raise ValueError(ex.message) from ex
+
+
+def parse_registry_host(value: object) -> str:
+    """Return a registry host (``DEFAULT_REGISTRY``) lowercased; Docker Hub's names are
+    ``docker.io``, an empty value is Docker Hub.
+
+    Raises:
+        ValueError: It is not a ``host[:port]``.
+    """
+    text = str(value).strip().strip("'\"").lower()
+    if not text:
+        return DEFAULT_REGISTRY
+    try:
+        ref = parse_reference(f"{text}/probe/probe")
+    except OrchestratorError as ex:
+        raise ValueError("expected a registry host such as registry.example.com:5000") from ex
+    if ref.registry != text:
+        raise ValueError("expected a registry host such as registry.example.com:5000")
+    return "docker.io" if text in ("index.docker.io", "registry-1.docker.io") else text
+
+
+def parse_registry_mirrors(value: object) -> tuple[str, ...]:
+    """Parse ``MODEL_RUNNER_REGISTRY_MIRRORS``: a comma list of ``[http[s]://]host[:port]``.
+
+    Each item keeps the scheme it was given (``http://`` is checked against the plain-HTTP
+    registries when the whole configuration is known). A path prefix (an Artifactory
+    repository path) is refused: mirrors are asked at ``/v2/`` on their host.
+
+    Raises:
+        ValueError: An item is not a host, names another scheme, or has a path.
+    """
+    mirrors: list[str] = []
+    for item in _to_list(value):
+        scheme, _, rest = item.rpartition("://")
+        if scheme and scheme.lower() not in ("http", "https"):
+            raise ValueError(f"mirror {item!r} must be an http:// or https:// URL or a host")
+        parts = urlsplit(f"//{rest}")
+        if not parts.netloc:
+            raise ValueError(f"mirror {item!r} names no host")
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError(f"mirror {item!r} has a path; give only [scheme://]host[:port]")
+        host = parse_registry_host(parts.netloc)
+        mirrors.append(f"{scheme.lower()}://{host}" if scheme else host)
+    return tuple(mirrors)
+
+
+def mirror_host(mirror: str) -> str:
+    """Return the ``host[:port]`` of a parsed mirror entry."""
+    return mirror.rpartition("://")[2]
+
+
+def _to_optional_bool(value: object) -> bool | None:
+    if value is None or str(value).strip() == "":
+        return None
+    return _to_bool(value)
+
+
 def _to_path(value: object) -> str:
     text = str(value).strip()
     return str(Path(text).expanduser()) if text else ""
@@ -220,6 +304,8 @@ class Setting:
         convert: Turns a raw value from any source into the typed value.
         env: Environment variable that sets it.
         help: One line for ``--help`` and README.
+        aliases: Docker Model Runner's own names for it, read when ``env`` is not set (an
+            empty value counts as unset, as in DMR).
     """
 
     name: str
@@ -227,6 +313,7 @@ class Setting:
     convert: Callable[[object], Any]
     env: str
     help: str
+    aliases: tuple[str, ...] = ()
 
     @property
     def flag(self) -> str:
@@ -246,7 +333,14 @@ def _default_runtime_dir() -> str:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("port", 12434, _to_port, "DMR_RUNNER_PORT", "TCP port of the API."),
+    Setting(
+        "port",
+        12434,
+        _to_port,
+        "DMR_RUNNER_PORT",
+        "TCP port of the API (DMR's MODEL_RUNNER_PORT when DMR_RUNNER_PORT is unset).",
+        aliases=("MODEL_RUNNER_PORT",),
+    ),
     Setting(
         "host",
         (),
@@ -367,6 +461,14 @@ SETTINGS: tuple[Setting, ...] = (
         "PEM private key of the TLS listener.",
     ),
     Setting(
+        "tls_enabled",
+        None,
+        _to_optional_bool,
+        "MODEL_RUNNER_TLS_ENABLED",
+        "DMR's TLS switch: unset = TLS when tls_cert and tls_key are both set; false = no TLS "
+        "listener; true = TLS, and the certificate and key are required (none is generated).",
+    ),
+    Setting(
         "tls_port",
         12444,
         _to_port,
@@ -395,6 +497,38 @@ SETTINGS: tuple[Setting, ...] = (
         _to_list,
         "DMR_INSECURE_REGISTRIES",
         "Registries reached over plain HTTP besides localhost, 127.0.0.1 and *.local.",
+    ),
+    Setting(
+        "insecure_registry",
+        False,
+        _to_bool,
+        "INSECURE_REGISTRY",
+        "DMR's switch: true reaches default_registry over plain HTTP (only that registry; "
+        "list others in insecure_registries).",
+    ),
+    Setting(
+        "default_registry",
+        DEFAULT_REGISTRY,
+        parse_registry_host,
+        "DEFAULT_REGISTRY",
+        "Registry of references that name none (ai/smollm2), instead of Docker Hub; the CLI "
+        "reads the same variable.",
+    ),
+    Setting(
+        "registry_mirrors",
+        (),
+        parse_registry_mirrors,
+        "MODEL_RUNNER_REGISTRY_MIRRORS",
+        "Comma list of [http[s]://]host[:port] mirrors a pull from default_registry tries in "
+        "order before falling back to it.",
+    ),
+    Setting(
+        "llama_args",
+        (),
+        parse_engine_args,
+        "LLAMA_ARGS",
+        "Extra llama-server flags for every runner (shell quoting), checked against the "
+        "runtime-flag allow-list; a model's own runtime flags come after them.",
     ),
     Setting(
         "hf_endpoint",
@@ -578,11 +712,16 @@ class Config:
     api_key: str = dataclasses.field(default="", repr=False)
     tls_cert: str = ""
     tls_key: str = ""
+    tls_enabled: bool | None = None
     tls_port: int = 12444
     runtime_dir: str = ""
     log_dir: str = ""
     log_level: str = "info"
     insecure_registries: tuple[str, ...] = ()
+    insecure_registry: bool = False
+    default_registry: str = DEFAULT_REGISTRY
+    registry_mirrors: tuple[str, ...] = ()
+    llama_args: tuple[str, ...] = ()
     hf_endpoint: str = "https://huggingface.co"
     disable_metrics: bool = False
     memory_reserve: str = ""
@@ -630,6 +769,16 @@ class Config:
     def log_path(self) -> Path:
         """Return the directory for daemon and engine logs."""
         return Path(self.log_dir) if self.log_dir else self.store_root / "logs"
+
+    @property
+    def plain_http_registries(self) -> tuple[str, ...]:
+        """Return the registries reached over plain HTTP besides loopback and ``*.local``.
+
+        ``insecure_registries``, plus ``default_registry`` when ``INSECURE_REGISTRY`` is true.
+        """
+        if self.insecure_registry and self.default_registry != DEFAULT_REGISTRY:
+            return (*self.insecure_registries, self.default_registry)
+        return self.insecure_registries
 
 
 def _convert(setting: Setting, raw: object, source: str) -> Any:
@@ -692,9 +841,10 @@ def load(
                 values[setting.name] = _convert(setting, raw, f"config file {str(file_path)!r}")
 
     for setting in SETTINGS:
-        if setting.env in env:
-            raw_env = env[setting.env].strip().strip("'\"")
-            values[setting.name] = _convert(setting, raw_env, f"environment variable {setting.env}")
+        name = env_source(setting, env)
+        if name is not None:
+            raw_env = env[name].strip().strip("'\"")
+            values[setting.name] = _convert(setting, raw_env, f"environment variable {name}")
 
     for name, raw in (overrides or {}).items():
         if raw is None:
@@ -702,4 +852,41 @@ def load(
         setting = SETTINGS_BY_NAME[name]
         values[name] = _convert(setting, raw, f"option {setting.flag}")
 
-    return Config(**values)
+    config = Config(**values)
+    _check_combinations(config)
+    return config
+
+
+def env_source(setting: Setting, environ: Mapping[str, str]) -> str | None:
+    """Return the environment variable that sets ``setting``, or ``None``.
+
+    Our own name wins when it is present (even empty: that is an explicit value); otherwise
+    the first of DMR's names with a non-empty value.
+    """
+    if setting.env in environ:
+        return setting.env
+    return next((alias for alias in setting.aliases if environ.get(alias, "").strip()), None)
+
+
+def _check_combinations(config: Config) -> None:
+    """Refuse settings that are valid alone but not together."""
+    plain = config.plain_http_registries
+    for mirror in config.registry_mirrors:
+        host = mirror_host(mirror)
+        if mirror.startswith("http://") and not is_insecure_registry(host, plain):
+            raise ConfigError(
+                f"registry mirror {mirror!r} is plain HTTP but {host!r} is not an insecure "
+                f"registry; use https:// or add {host!r} to DMR_INSECURE_REGISTRIES",
+                param="registry_mirrors",
+            )
+    if config.tls_enabled and not (config.tls_cert and config.tls_key):
+        raise ConfigError(
+            "MODEL_RUNNER_TLS_ENABLED is true but MODEL_RUNNER_TLS_CERT and "
+            "MODEL_RUNNER_TLS_KEY are not both set; this daemon does not generate certificates",
+            param="tls_enabled",
+        )
+    if config.insecure_registry and config.default_registry == DEFAULT_REGISTRY:
+        log.warning(
+            "INSECURE_REGISTRY=true applies only to DEFAULT_REGISTRY, which is not set; "
+            "list plain-HTTP registries in DMR_INSECURE_REGISTRIES"
+        )

@@ -16,6 +16,10 @@ pytest_plugins = [
     "tests.support.daemon_fixtures",
 ]
 
+# tests/image needs the image that `make image` builds (minutes): `make test-image` builds it and
+# runs them with DMR_TEST_IMAGE set (.ci/run calls it after `make test`).
+collect_ignore = [] if os.environ.get("DMR_TEST_IMAGE") else ["image"]
+
 
 @pytest.fixture(scope="session")
 def llama_server_bin() -> Path:

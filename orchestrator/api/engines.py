@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -14,8 +15,13 @@ import falcon
 from orchestrator.api.body import query_string, read_json_object
 from orchestrator.api.openai import BACKEND, check_backend, resolve_model
 from orchestrator.api.runner_shapes import configuration_entry, ps_entry
-from orchestrator.errors import InvalidRequestError, OrchestratorError
-from orchestrator.runners.persisted import parse_configure_request
+from orchestrator.errors import (
+    InvalidReferenceError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OrchestratorError,
+)
+from orchestrator.runners.persisted import RunnerSettings, parse_configure_request
 
 if TYPE_CHECKING:
     from orchestrator.api.shared import ApiContext
@@ -163,7 +169,11 @@ class UnloadResource:
 
 
 class ConfigureResource:
-    """``POST /engines[/llama.cpp]/_configure`` (202, then preload); ``GET`` lists settings."""
+    """``POST /engines[/llama.cpp]/_configure`` (202, then preload); ``GET`` lists settings.
+
+    A ``speculative`` object names a draft model, which must be in the local store (404 names
+    it otherwise); it is stored by model ID, and ``GET`` shows it back in the ``Config``.
+    """
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
@@ -173,27 +183,49 @@ class ConfigureResource:
     ) -> None:
         check_backend(backend)
         body = read_json_object(req, example='{"model": "ai/smollm2", "context-size": 8192}')
-        speculative = body.get("speculative")
-        if speculative is not None and not isinstance(speculative, dict):
-            # A malformed value is the client's mistake (400); a well-formed one asks for a
-            # feature this runner lacks (501, from parse_configure_request).
-            raise InvalidRequestError(
-                f'speculative must be an object such as {{"draft_model": "ai/smollm2"}}, '
-                f"got {speculative!r}; this runner has no speculative decoding, so leave it out",
-                param="speculative",
-            )
         request = parse_configure_request(body)
         record = resolve_model(self.ctx.store, request.model)
-        self.ctx.scheduler.management.configure(record, request.settings)
+        settings = self._with_draft(request.settings)
+        self.ctx.scheduler.management.configure(record, settings)
         resp.status = 202
         resp.content_type = falcon.MEDIA_TEXT
         resp.data = b""
         threading.Thread(
             target=self._preload,
-            args=(record, request.settings.mode),
+            args=(record, settings.mode),
             name=f"preload {record.short_id}",
             daemon=True,
         ).start()
+
+    def _with_draft(self, settings: RunnerSettings) -> RunnerSettings:
+        """Return ``settings`` with the draft model resolved to its ID (checked runnable).
+
+        Raises:
+            ModelNotFoundError: The draft is not in the local store (404, names it).
+            InvalidReferenceError: The draft's name is not a valid reference.
+            UnsupportedModelError: The draft has no GGUF weights.
+        """
+        speculative = settings.speculative
+        if speculative is None:
+            return settings
+        name = speculative.draft_model
+        param = "speculative.draft_model"
+        try:
+            draft = self.ctx.store.find(name)
+        except InvalidReferenceError as ex:
+            raise InvalidReferenceError(
+                f"draft model {name!r}: {ex.message}", param=param, details=ex.details
+            ) from ex
+        if draft is None:
+            raise ModelNotFoundError(
+                f"draft model {name!r} is not in the local store; pull it first with "
+                f"'docker model pull {name}'",
+                param=param,
+            )
+        self.ctx.store.bundle(draft)  # a model without GGUF weights cannot draft: 422 now
+        return dataclasses.replace(
+            settings, speculative=dataclasses.replace(speculative, draft_model_id=draft.id)
+        )
 
     def _preload(self, record: ModelRecord, mode: str) -> None:
         try:

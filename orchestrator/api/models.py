@@ -28,6 +28,7 @@ from orchestrator.api.body import (
     read_json_object,
     require_string,
 )
+from orchestrator.api.repackage import repackage_model
 from orchestrator.api.runner_shapes import memory_report
 from orchestrator.api.streaming import BackgroundStream
 from orchestrator.errors import (
@@ -35,12 +36,13 @@ from orchestrator.errors import (
     InvalidReferenceError,
     InvalidRequestError,
     NotFoundError,
-    NotSupportedError,
     OrchestratorError,
     ServiceUnavailableError,
 )
 from orchestrator.registry.progress import Mode, status_event
 from orchestrator.registry.pull import pull_model
+from orchestrator.registry.request_auth import HEADER as REGISTRY_AUTH_HEADER
+from orchestrator.registry.request_auth import RequestAuth, decode_registry_auth
 from orchestrator.store.reference import parse_model_id, parse_reference
 from orchestrator.store.tarball import (
     CappedReader,
@@ -130,6 +132,16 @@ def _start_progress_stream(
     resp.stream = stream
 
 
+def request_registry_auth(req: falcon.Request) -> RequestAuth | None:
+    """Return the ``X-Registry-Auth`` credentials of ``req``, for this request only.
+
+    Raises:
+        InvalidRequestError: The header is malformed (400).
+    """
+    value = req.get_header(REGISTRY_AUTH_HEADER)
+    return decode_registry_auth(value) if value is not None else None
+
+
 class ModelsResource:
     """``GET /models``: every local model (DMR Model JSON)."""
 
@@ -157,6 +169,7 @@ class CreateResource:
         body = read_json_object(req, example='{"from": "ai/smollm2"}')
         raw = require_string(body, "from", what="name the model to pull, e.g. 'ai/smollm2'")
         token = optional_string(body, "bearer-token") or None
+        request_auth = request_registry_auth(req)
         try:
             ref = parse_reference(raw)
         except InvalidReferenceError as ex:
@@ -176,7 +189,14 @@ class CreateResource:
                 seen_success = seen_success or event.get("type") == "success"
                 progress(event)
 
-            record = pull_model(ref, store, config=config, bearer_token=token, progress=report)
+            record = pull_model(
+                ref,
+                store,
+                config=config,
+                bearer_token=token,
+                progress=report,
+                request_auth=request_auth,
+            )
             # A model this host can never run is still pulled (it may be pushed or exported),
             # but the user hears now, not at the first request.
             reason = self.ctx.scheduler.management.never_fits(record)
@@ -259,7 +279,7 @@ class _ExportWriter:
 
 
 class ModelSink:
-    """Everything under ``/models/{ref...}``: inspect, delete, tag, push, export."""
+    """Everything under ``/models/{ref...}``: inspect, delete, tag, push, export, repackage."""
 
     prefix = re.compile(r"^/models/(?P<path>.+)$")
 
@@ -288,10 +308,7 @@ class ModelSink:
             elif action == "push":
                 self.push(req, resp, ref)
             elif action == "repackage":
-                raise NotSupportedError(
-                    "repackage is not supported by this runner; use 'docker model package' "
-                    "with --from and a new context size"
-                )
+                repackage_model(self.ctx, req, resp, ref)
             else:
                 raise NotFoundError(
                     f"unknown action {last!r} for model {head or path!r}; use tag, push or export"
@@ -354,6 +371,7 @@ class ModelSink:
         """``POST /models/{ref}/push``: streamed progress lines (mode ``push``)."""
         body = read_json_object(req, example='{"bearer-token": "..."}', allow_empty=True)
         token = optional_string(body, "bearer-token") or None
+        request_auth = request_registry_auth(req)
         if parse_model_id(ref) is not None:
             raise InvalidReferenceError(
                 f"cannot push {ref!r}: an ID has no repository; tag the model first "
@@ -371,7 +389,8 @@ class ModelSink:
                 seen_success = seen_success or event.get("type") == "success"
                 progress(event)
 
-            with factory(token) as client:
+            bound = request_auth.bound_to(target.registry) if request_auth else None
+            with factory(token, bound) as client:
                 client.push(record, target, store, report)
             if not seen_success:
                 progress(status_event("success", "Model pushed successfully", "push"))

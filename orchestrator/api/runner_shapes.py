@@ -25,7 +25,8 @@ def ps_entry(status: RunnerStatus) -> dict[str, Any]:
 
     DMR's shape: ``in_use``/``loading`` only when true; ``last_used`` (RFC3339) is the zero
     time while in use or loading. Ours always shows the effective ``keep_alive`` and adds
-    ``pid`` (``None`` until spawned), ``context_size``, ``socket`` and ``memory``.
+    ``pid`` (``None`` until spawned), ``context_size``, ``socket``, ``memory`` and, for a
+    runner with speculative decoding, ``draft_model``.
     """
     info = status.info
     entry: dict[str, Any] = {
@@ -46,6 +47,8 @@ def ps_entry(status: RunnerStatus) -> dict[str, Any]:
     entry["pid"] = info.pid
     entry["context_size"] = info.context_size
     entry["socket"] = info.socket_path
+    if info.draft_model is not None:
+        entry["draft_model"] = info.draft_model
     entry["memory"] = memory_entry(status.memory)
     rpc = rpc_entry(status)
     if rpc is not None:

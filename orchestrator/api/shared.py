@@ -7,20 +7,30 @@ table (which imports the resources).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from orchestrator.api.request_log import RequestLog
     from orchestrator.api.request_stats import RequestStats
     from orchestrator.engine import EngineChoice
     from orchestrator.registry.client import RegistryClient
+    from orchestrator.registry.request_auth import RequestAuth
     from orchestrator.runners.scheduler import Scheduler
     from orchestrator.settings import Config
     from orchestrator.store.store import Store
 
-RegistryFactory = Callable[[str | None], "RegistryClient"]
+
+
+class RegistryFactory(Protocol):
+    """Makes a registry client for one request (push, remote inspect)."""
+
+    def __call__(
+        self, bearer_token: str | None, request_auth: RequestAuth | None = None
+    ) -> RegistryClient:
+        """Return a client using ``bearer_token``, else ``request_auth`` for its registry,
+        else the daemon's stored credentials."""
+        ...
 
 
 @dataclasses.dataclass

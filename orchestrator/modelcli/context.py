@@ -9,7 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from orchestrator.modelcli.daemon_client import DaemonClient, base_url_from_env
+from orchestrator.modelcli.daemon_client import DaemonClient
+from orchestrator.modelcli.endpoint import SOURCE_DEFAULT, Endpoint, resolve_endpoint
 
 
 def _is_tty(stream: TextIO) -> bool:
@@ -42,18 +43,27 @@ class CliContext:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     clock: Callable[[], float] = time.time
     _client: DaemonClient | None = None
+    _endpoint: Endpoint | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Return the daemon's address: ``MODEL_RUNNER_HOST`` > selected context > default."""
+        if self._endpoint is None:
+            self._endpoint = resolve_endpoint(self.environ, warn=self.err)
+        return self._endpoint
 
     @property
     def client(self) -> DaemonClient:
         """Return the daemon client, created on first use."""
         if self._client is None:
-            self._client = DaemonClient(base_url_from_env(self.environ))
+            endpoint = self.endpoint
+            self._client = DaemonClient(endpoint.base_url, tls_verify=endpoint.tls_verify)
         return self._client
 
     @property
     def host_is_explicit(self) -> bool:
-        """Return whether ``MODEL_RUNNER_HOST`` names the daemon (DMR's "manual install")."""
-        return bool(self.environ.get("MODEL_RUNNER_HOST", "").strip())
+        """Return whether the environment or a context names the daemon (DMR's "manual install")."""
+        return self.endpoint.source != SOURCE_DEFAULT
 
     def out(self, text: str = "", *, end: str = "\n") -> None:
         """Write to stdout and flush (answers stream token by token)."""

@@ -186,9 +186,13 @@ class DaemonClient:
     Args:
         base_url: ``http://host:port``, ``https://...`` or ``unix:///path.sock``; default from
             ``MODEL_RUNNER_HOST``.
+        tls_verify: Certificate check of a selected context (``True``, ``False``, CA path);
+            ``None``: the TLS variables decide.
     """
 
-    def __init__(self, base_url: str | None = None) -> None:
+    def __init__(
+        self, base_url: str | None = None, *, tls_verify: bool | str | None = None
+    ) -> None:
         self.base_url = base_url or base_url_from_env()
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
@@ -213,6 +217,8 @@ class DaemonClient:
                 self._session.verify = ca_cert
             elif os.environ.get("MODEL_RUNNER_TLS_SKIP_VERIFY", "").strip().lower() in _TRUE:
                 self._session.verify = False
+            if tls_verify is not None:
+                self._session.verify = tls_verify
 
     @property
     def endpoint(self) -> str:

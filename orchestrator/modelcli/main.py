@@ -20,14 +20,20 @@ from orchestrator import __version__
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.modelcli.commands import (
     bench,
+    compose_provider,
+    contexts,
     manage,
     package,
     plugin,
     requests,
     run,
+    runner_service,
     runtime,
+    search,
 )
 from orchestrator.modelcli.context import CliContext
+from orchestrator.settings import parse_registry_host
+from orchestrator.store.reference import set_default_registry
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -52,6 +58,10 @@ def build_parser(prog: str = "docker model") -> argparse.ArgumentParser:
     package.register(commands)
     bench.register(commands)
     plugin.register(commands)
+    search.register(commands)
+    contexts.register(commands)
+    runner_service.register(commands)
+    compose_provider.register(commands)
     return parser
 
 
@@ -90,6 +100,14 @@ def main(argv: Sequence[str] | None = None, ctx: CliContext | None = None) -> in
     if is_plugin and ctx is None:
         plugin.watch_plugin_socket(context.environ)
     try:
+        registry = parse_registry_host(context.environ.get("DEFAULT_REGISTRY", ""))
+    except ValueError as ex:
+        context.err(f"{context.prog}: invalid DEFAULT_REGISTRY: {ex}")
+        return EXIT_USAGE
+    # DMR's CLI reads DEFAULT_REGISTRY too: it names the registry whose credentials go with a
+    # pull or push of 'ai/smollm2', and how local tags are matched.
+    previous_registry = set_default_registry(registry)
+    try:
         return int(args.func(args, context))
     except SystemExit as ex:
         # A command's own parser.error(): usage problems found after parsing.
@@ -111,6 +129,7 @@ def main(argv: Sequence[str] | None = None, ctx: CliContext | None = None) -> in
         os.close(devnull)
         return EXIT_OK
     finally:
+        set_default_registry(previous_registry)
         context.close()
 
 

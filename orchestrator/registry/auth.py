@@ -94,7 +94,7 @@ def credentials_key(registry: str) -> str:
     return DOCKER_HUB_CREDENTIALS_KEY if registry in _DOCKER_HUB_ALIASES else registry
 
 
-def _host_of_key(key: str) -> str:
+def credential_host(key: str) -> str:
     """Reduce a ``config.json`` key (``https://host/v1/``, ``host``) to its host."""
     text = key.strip()
     if "://" in text:
@@ -158,7 +158,7 @@ def stored_credential_hosts(
             entries = data.get(section)
             if isinstance(entries, dict):
                 for key in entries:
-                    host = _host_of_key(str(key))
+                    host = credential_host(str(key))
                     hosts.add(_hostname(DOCKER_HUB_API_HOST if host == DOCKER_HUB else host))
     hosts.discard("")
     return frozenset(hosts)
@@ -226,19 +226,19 @@ def load_credentials(
         ) from ex
     if not isinstance(data, dict):
         return None
-    host = _host_of_key(registry)
+    host = credential_host(registry)
     key = credentials_key(registry)
 
     helpers = data.get("credHelpers")
     if isinstance(helpers, dict):
         for name_key, helper in helpers.items():
-            if _host_of_key(str(name_key)) == host and isinstance(helper, str):
+            if credential_host(str(name_key)) == host and isinstance(helper, str):
                 return run_credential_helper(helper, key, environ, helper_timeout_seconds)
 
     auths = data.get("auths")
     if isinstance(auths, dict):
         for auth_key, entry in auths.items():
-            if _host_of_key(str(auth_key)) == host and isinstance(entry, dict):
+            if credential_host(str(auth_key)) == host and isinstance(entry, dict):
                 found = _credentials_from_entry(entry, path)
                 if found is not None:
                     return found

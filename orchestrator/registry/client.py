@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import requests
 
@@ -52,7 +52,9 @@ from orchestrator.registry.manifest import (
     parse_for_transfer,
     read_limited,
 )
+from orchestrator.registry.mount import mount_sources
 from orchestrator.registry.progress import ProgressCallback, ProgressReporter
+from orchestrator.registry.request_auth import RequestAuth
 from orchestrator.registry.transport import (
     CountingReader,
     check_cancel,
@@ -112,6 +114,8 @@ class RegistryClient:
         stall_seconds: Window of the blob stall rule.
         min_bytes_per_second: A blob transfer slower than this on average over the window is
             cut (the partial download is kept for the next pull).
+        request_auth: Credentials that came with the API request (``X-Registry-Auth``); they
+            replace the stored ones for their own registry only.
     """
 
     def __init__(
@@ -126,7 +130,9 @@ class RegistryClient:
         deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
         stall_seconds: float = DEFAULT_STALL_SECONDS,
         min_bytes_per_second: float = DEFAULT_MIN_BYTES_PER_SECOND,
+        request_auth: RequestAuth | None = None,
     ) -> None:
+        self.request_auth = request_auth
         self.insecure_registries = tuple(insecure_registries)
         self.bearer_token = bearer_token or None
         self.docker_config_dir = docker_config_dir
@@ -165,8 +171,15 @@ class RegistryClient:
             found = self._auth.get(registry)
             if found is None:
                 credentials = None
+                bearer_token = self.bearer_token
                 trusted: frozenset[str] = frozenset()
-                if not self.bearer_token:
+                given = self.request_auth
+                if given is not None and given.applies_to(registry) and not bearer_token:
+                    # The request's own credentials, for their registry only; a mirror or
+                    # another registry of the same transfer keeps the daemon's.
+                    credentials, bearer_token = given.credentials, given.registry_token
+                    trusted = stored_credential_hosts(self.docker_config_dir, self.environ)
+                elif not bearer_token:
                     credentials = load_credentials(
                         registry, docker_config_dir=self.docker_config_dir, environ=self.environ
                     )
@@ -175,7 +188,7 @@ class RegistryClient:
                     self.session,
                     registry,
                     credentials=credentials,
-                    bearer_token=self.bearer_token,
+                    bearer_token=bearer_token,
                     insecure=is_insecure_registry(registry, self.insecure_registries),
                     timeout_seconds=self.timeout_seconds,
                     trusted_hosts=trusted,
@@ -352,12 +365,19 @@ class RegistryClient:
     # -- pull ---------------------------------------------------------------------------------
 
     def pull(
-        self, ref: ModelRef, store: Store, progress: ProgressCallback | None = None
+        self,
+        ref: ModelRef,
+        store: Store,
+        progress: ProgressCallback | None = None,
+        *,
+        source: ModelRef | None = None,
     ) -> ModelRecord:
         """Pull ``ref`` into ``store`` and tag it with ``ref.tag_string``.
 
         A bare digest reference (``name@sha256:…``) adds no tag. Layers download in parallel;
-        ``progress`` is called from those threads (serialised by the reporter).
+        ``progress`` is called from those threads (serialised by the reporter). ``source``
+        is where the bytes come from when that is not ``ref``'s registry (a mirror: the same
+        repository and tag on another host); the tag is still ``ref``'s.
 
         Raises:
             RemoteNotFoundError: No such repository, tag or blob.
@@ -366,12 +386,13 @@ class RegistryClient:
             DigestMismatchError: Downloaded bytes do not match their digest (nothing stored).
             RegistryError: The registry is unreachable or failed.
         """
+        tags = _tags_for(ref)
+        ref = source or ref
         data, manifest = self.fetch_manifest(ref)
         model_id = "sha256:" + hashlib.sha256(data).hexdigest()
         layers = layer_descriptors(manifest)
         config_blob = config_descriptor(manifest)
         reporter = ProgressReporter(progress, mode="pull", total=sum(x.size for x in layers))
-        tags = _tags_for(ref)
         if store.find(model_id) is not None:
             record = store.add_model(data, tags)
             reporter.success(f"Using cached model: {record.model_config.get('size', '')}")
@@ -457,7 +478,9 @@ class RegistryClient:
             for layer in layer_descriptors(manifest)
         ]
         config = (config_blob, file_opener(store.blob_path(config_blob.digest)))
-        return self._push(target, data, manifest, blobs, config, progress)
+        # Blobs a local model of another repository of this registry holds can be mounted.
+        mounts = mount_sources(store.list_models(), target)
+        return self._push(target, data, manifest, blobs, config, progress, mounts)
 
     def push_artifact(
         self, artifact: Artifact, target: ModelRef, progress: ProgressCallback | None = None
@@ -481,13 +504,20 @@ class RegistryClient:
         blobs: list[tuple[Descriptor, Callable[[], IO[bytes]]]],
         config: tuple[Descriptor, Callable[[], IO[bytes]]],
         progress: ProgressCallback | None,
+        mounts: Mapping[str, str] | None = None,
     ) -> str:
         reporter = ProgressReporter(progress, mode="push", total=sum(b.size for b, _ in blobs))
         unique = list({blob.digest: (blob, opener) for blob, opener in blobs}.values())
         cancel = threading.Event()
+        mounts = mounts or {}
         run_parallel(
             self.max_parallel,
-            [functools.partial(self._push_blob, target, b, o, reporter, cancel) for b, o in unique],
+            [
+                functools.partial(
+                    self._push_blob, target, b, o, reporter, cancel, mounts.get(b.digest)
+                )
+                for b, o in unique
+            ],
             cancel,
         )
         self._push_blob(target, config[0], config[1], None, cancel)
@@ -524,8 +554,13 @@ class RegistryClient:
         opener: Callable[[], IO[bytes]],
         reporter: ProgressReporter | None,
         cancel: threading.Event,
+        mount_from: str | None = None,
     ) -> bool:
-        """Upload one blob unless the repository has it; return whether bytes were sent."""
+        """Upload one blob unless the repository has it; return whether bytes were sent.
+
+        With ``mount_from`` (a repository of the same registry) the registry is first asked
+        to mount the blob from there (:mod:`~orchestrator.registry.mount`).
+        """
         check_cancel(cancel)
         scope = self._scope(target, push=True)
         base = self._repo_url(target)
@@ -540,9 +575,49 @@ class RegistryClient:
                     return False
                 if response.status_code != 404:
                     self._check(response, f"blob '{blob.digest}'", target, "push")
-            upload_url = self._open_upload(target, blob, f"{base}/blobs/uploads/", scope)
+            mounted_or_url = (
+                self._mount(target, blob, base, mount_from, scope) if mount_from else None
+            )
+            if mounted_or_url is True:
+                if reporter is not None:
+                    reporter.update(blob.digest, blob.size, blob.size)
+                return False
+            upload_url = mounted_or_url or self._open_upload(
+                target, blob, f"{base}/blobs/uploads/", scope
+            )
         self._upload(target, blob, opener, upload_url, scope, reporter, cancel)
         return True
+
+    def _mount(
+        self, target: ModelRef, blob: Descriptor, base: str, source: str, scope: str
+    ) -> str | bool | None:
+        """Ask the registry to mount ``blob`` from repository ``source`` of the same registry.
+
+        Returns:
+            ``True`` when it mounted it (201); the upload URL when it opened an ordinary
+            upload instead (202, as the spec allows); ``None`` when it refused (the caller
+            then opens an upload itself: a mount is only ever a shortcut).
+        """
+        url = f"{base}/blobs/uploads/?mount={blob.digest}&from={quote(source, safe='/')}"
+        mount_scope = f"{scope} repository:{source}:pull"
+        response = self._send(
+            target, "POST", url, scope=mount_scope, headers={"Content-Length": "0"}
+        )
+        with response:
+            location = response.headers.get("Location")
+            discard_body(response)
+        if response.status_code == 201:
+            log.info("blob mounted target=%s digest=%s from=%s", target, blob.digest, source)
+            return True
+        if response.status_code != 202 or not location:
+            log.info(
+                "blob mount refused target=%s digest=%s from=%s status=%d",
+                target, blob.digest, source, response.status_code,
+            )  # fmt: skip
+            return None
+        upload_url = urljoin(url, location)
+        check_next_url(url, upload_url, f"the upload location of registry '{target.registry}'")
+        return with_digest(upload_url, blob.digest)
 
     def _open_upload(self, target: ModelRef, blob: Descriptor, url: str, scope: str) -> str:
         """``POST`` an upload session; return the URL to ``PUT`` the blob to (with its digest).

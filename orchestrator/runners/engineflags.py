@@ -84,10 +84,11 @@ SWITCH_FLAGS: frozenset[str] = frozenset(
 # Set by build_argv from the model and the store; a runtime flag must not move them.
 MANAGED_FLAGS: frozenset[str] = frozenset(
     {"-m", "--model", "--host", "--port", "--mmproj", "-mm", "--chat-template-file", "--path"}
+    # The draft model comes from the store too ('speculative' in _configure).
+    | {"-md", "--model-draft", "--spec-draft-model"}
 )
 
 _NEGATIVE_NUMBER = re.compile(r"-(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +117,11 @@ MEMORY_FLAGS: tuple[MemoryFlag, ...] = (
     MemoryFlag("batch_size", ("--batch-size", "-b")),
     MemoryFlag("cache_ram", ("--cache-ram", "-cram")),
     MemoryFlag("mmproj", ("--mmproj", "-mm")),
+    MemoryFlag("model_draft", ("--model-draft", "-md", "--spec-draft-model")),
+    MemoryFlag(
+        "gpu_layers_draft",
+        ("-ngld", "--gpu-layers-draft", "--n-gpu-layers-draft"),
+    ),
     MemoryFlag("kv_unified", ("--kv-unified", "-kvu"), sets=True),
     MemoryFlag("kv_unified", ("--no-kv-unified", "-no-kvu"), sets=False),
     MemoryFlag("swa_full", ("--swa-full",), sets=True),

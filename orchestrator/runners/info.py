@@ -59,6 +59,7 @@ class RunnerInfo:
         context_size: ``--ctx-size`` it was started with (``0`` = the model's own).
         log_path: Its engine log file.
         backend: Always ``llama.cpp``.
+        draft_model: Its speculative-decoding draft model as configured, if any.
     """
 
     runner_id: str
@@ -70,6 +71,7 @@ class RunnerInfo:
     context_size: int
     log_path: str
     backend: str = BACKEND
+    draft_model: str | None = None
 
 
 def short_id(model_id: str) -> str:

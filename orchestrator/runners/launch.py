@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from orchestrator import logfiles
+from orchestrator.errors import ModelNotFoundError
 from orchestrator.memory.sizes import format_bytes, parse_reserve
 from orchestrator.runners.crashes import CrashMemory
 from orchestrator.runners.engineflags import engine_options, rpc_endpoints
@@ -49,6 +50,7 @@ class LaunchPlan:
         memory: What it will need (estimate, learned footprint, admission figure), and its
             RPC workers as probed.
         env: The runner's environment when it differs from the daemon's (``None``: the same).
+        draft_model: The speculative-decoding draft model as configured, if any.
     """
 
     runner_id: str
@@ -63,6 +65,7 @@ class LaunchPlan:
     context_size: int
     memory: MemoryPlan
     env: Mapping[str, str] | None = None
+    draft_model: str | None = None
 
     @property
     def pinned(self) -> bool:
@@ -139,6 +142,7 @@ class LaunchPlanner:
         bundle = self._store.bundle(record)
         runner_id = f"{mode[0]}{next(self._sequence)}-{short_id(record.id)[:8]}"
         socket_path = self.runners_dir / f"{runner_id}.sock"
+        draft_gguf = self._draft_gguf(record, settings)
 
         workers: RpcWorkers | None = None
 
@@ -155,6 +159,8 @@ class LaunchPlanner:
                 prompt_cache_mib=prompt_cache_mib,
                 gpu_layers=gpu_layers,
                 rpc_servers=self._config.rpc_servers,
+                engine_args=self._config.llama_args,
+                draft_gguf=draft_gguf,
             )
             return argv, self._memory.plan(record.id, bundle, argv, socket_path, workers)
 
@@ -162,7 +168,7 @@ class LaunchPlanner:
             build_argv(
                 engine_path=self._engine_path, bundle=bundle, mode=mode,
                 socket_path=socket_path, settings=settings,
-                rpc_servers=self._config.rpc_servers,
+                rpc_servers=self._config.rpc_servers, engine_args=self._config.llama_args,
             )
         )  # fmt: skip
         if endpoints:
@@ -200,7 +206,30 @@ class LaunchPlanner:
             ),
             memory=memory,
             env={**os.environ, **NO_BACKTRACE_ENV} if workers is not None else None,
+            draft_model=settings.speculative.draft_model
+            if settings is not None and settings.speculative is not None
+            else None,
         )
+
+    def _draft_gguf(self, record: RecordLike, settings: RunnerSettings | None) -> Path | None:
+        """Return the GGUF of the configured draft model (``None`` without speculative).
+
+        Raises:
+            ModelNotFoundError: The draft was deleted from the store since it was configured.
+        """
+        if settings is None or settings.speculative is None:
+            return None
+        speculative = settings.speculative
+        draft = self._store.find(speculative.draft_model_id or speculative.draft_model)
+        if draft is None:
+            name = model_label(record.tags, record.id)
+            raise ModelNotFoundError(
+                f"draft model {speculative.draft_model!r} configured for {name!r} is no longer "
+                f"in the local store; pull it again, or configure {name!r} again without "
+                f"--speculative-draft-model",
+                param="speculative.draft_model",
+            )
+        return Path(self._store.bundle(draft).gguf_path)
 
     def _layers_that_fit(
         self,

@@ -121,6 +121,8 @@ def build_argv(
     prompt_cache_mib: int = DEFAULT_PROMPT_CACHE_MIB,
     gpu_layers: int = ALL_LAYERS,
     rpc_servers: Sequence[str] = (),
+    engine_args: Sequence[str] = (),
+    draft_gguf: Path | None = None,
 ) -> list[str]:
     """Return the llama-server argv for one runner.
 
@@ -129,8 +131,10 @@ def build_argv(
     ``--embeddings --pooling <model's or mean>``; reranking: ``--embeddings --reranking``),
     ``--reasoning-budget`` when configured, ``--ctx-size``, ``--cache-ram`` (unless
     ``prompt_cache_mib`` is -1), ``--rpc <workers>`` (the daemon's ``rpc_servers``, unless the
-    runtime flags name their own), the configured runtime flags (verbatim, so they win over
-    anything before them), then ``--mmproj <file>`` or ``--jinja``. A runner with RPC workers
+    runtime flags name their own), speculative decoding (``--model-draft <draft>`` and its
+    ``--spec-draft-*`` sizes), the daemon's ``engine_args`` (``LLAMA_ARGS``), the configured
+    runtime flags (verbatim, so they win over anything before them), then ``--mmproj <file>``
+    or ``--jinja``. A runner with RPC workers
     also gets :data:`RPC_LOG_ARGS`: its log then says how much of the model each device holds.
 
     Args:
@@ -146,6 +150,11 @@ def build_argv(
             than the GPU memory; a runtime flag still wins, coming later).
         rpc_servers: ``Config.rpc_servers``: llama.cpp RPC workers (``host:port``); ignored
             when the runtime flags carry ``--rpc`` (llama-server would add both lists).
+        engine_args: ``Config.llama_args``: flags for every runner, already checked against
+            the allow-list; a model's runtime flags come later and win.
+        draft_gguf: The draft model's GGUF when ``settings.speculative`` is set: its
+            ``--model-draft`` arguments come before ``engine_args`` and the runtime flags, so
+            a ``--spec-draft-*`` runtime flag still wins.
 
     Raises:
         InvalidRequestError: ``mode`` is not one of :data:`MODES`.
@@ -173,11 +182,14 @@ def build_argv(
     argv += [spelling("context_size"), str(context_size)]
     if prompt_cache_mib >= 0:
         argv += [spelling("cache_ram"), str(prompt_cache_mib)]
-    own_rpc = RPC_FLAG in flags
+    own_rpc = RPC_FLAG in flags or RPC_FLAG in engine_args
     if rpc_servers and not own_rpc:
         argv += [RPC_FLAG, ",".join(rpc_servers)]
     if rpc_servers or own_rpc:
         argv += RPC_LOG_ARGS
+    if draft_gguf is not None and settings is not None and settings.speculative is not None:
+        argv += settings.speculative.argv(draft_gguf)
+    argv += engine_args
     argv += flags
     if bundle.mmproj_path is not None:
         argv += [spelling("mmproj"), str(bundle.mmproj_path)]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.memory.draft import add_draft
 from orchestrator.memory.estimate import (
     AUTO_PARALLEL_SLOTS,
     RAM_OVERHEAD_BYTES,
@@ -51,6 +52,7 @@ from orchestrator.runners.rpc import RpcWorkers
 from orchestrator.settings import Config
 
 log = logging.getLogger(__name__)
+
 
 def _as_int(value: str | bool | None, default: int) -> int:
     if value is None or isinstance(value, bool):
@@ -179,6 +181,16 @@ def prompt_cache_mib_for(predicted: MemoryEstimate, configured_mib: int) -> int:
 
 
 Estimator = Callable[[str, BundleLike, Sequence[str]], MemoryEstimate]
+_EMPTY_ESTIMATE = MemoryEstimate(
+    ram=DeviceMemory(),
+    vram=DeviceMemory(),
+    context_size=0,
+    parallel=0,
+    kv_unified=False,
+    flash_attn=False,
+    gpu_layers=0,
+    per_token_bytes=0,
+)
 Measurer = Callable[[int], "Footprint | None"]
 
 
@@ -263,6 +275,43 @@ class MemoryPlanner:
         return header
 
     def _estimate_from_gguf(
+        self, model_id: str, bundle: BundleLike, argv: Sequence[str]
+    ) -> MemoryEstimate:
+        predicted = self._target_estimate(model_id, bundle, argv)
+        draft = engine_options(argv).get("model_draft")
+        if isinstance(draft, str):
+            # Speculative decoding: a second model in the same process.
+            predicted = add_draft(predicted, self._draft_estimate(Path(draft), argv))
+        return predicted
+
+    def _draft_estimate(self, gguf_path: Path, argv: Sequence[str]) -> MemoryEstimate:
+        """Estimate the draft model of ``argv`` as a model of its own (overhead left out).
+
+        Its layers follow ``-ngld`` (llama-server's default ``auto`` offloads what fits: all,
+        as far as an estimate can tell) and, like the target's, only where a GPU is.
+        """
+        arguments = estimate_arguments(argv, has_gpu=self.has_gpu)
+        layers = engine_options(argv).get("gpu_layers_draft")
+        if not self.has_gpu:
+            arguments["gpu_layers"] = 0
+        elif layers is None or layers in ("auto", "all"):
+            arguments["gpu_layers"] = -1
+        else:
+            arguments["gpu_layers"] = _as_int(layers, -1)
+        arguments.update(prompt_cache_bytes=0, device_overhead=False)
+        header = self._header(f"draft:{gguf_path}", gguf_path)
+        if header is None:
+            return dataclasses.replace(
+                _EMPTY_ESTIMATE, ram=DeviceMemory(weights=_file_size(gguf_path))
+            )
+        return estimate(
+            header.metadata,
+            weights_bytes=header.weights_bytes,
+            tensors=header.tensors,
+            **arguments,
+        )
+
+    def _target_estimate(
         self, model_id: str, bundle: BundleLike, argv: Sequence[str]
     ) -> MemoryEstimate:
         arguments = estimate_arguments(argv, has_gpu=self.has_gpu)

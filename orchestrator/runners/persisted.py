@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.atomicfile import write_atomic
-from orchestrator.errors import InvalidRequestError, NotSupportedError, StoreError
+from orchestrator.errors import InvalidRequestError, StoreError
 from orchestrator.runners.engineflags import MODES, validate_runtime_flags
+from orchestrator.runners.speculative import SpeculativeSettings, parse_speculative
 from orchestrator.settings import format_duration, parse_duration
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class RunnerSettings:
         reasoning_budget: ``--reasoning-budget`` (``llamacpp.reasoning-budget``), if set.
         pinned: Never evicted to make room for another model (memory, runner count or memory
             pressure); keep-alive and unload still stop it.
+        speculative: The draft model for speculative decoding, if any.
     """
 
     context_size: int | None = None
@@ -56,6 +58,7 @@ class RunnerSettings:
     mode: str = "completion"
     reasoning_budget: int | None = None
     pinned: bool = False
+    speculative: SpeculativeSettings | None = None
 
     def same_process(self, other: RunnerSettings | None) -> bool:
         """Return whether a runner started with ``other`` has the command line these give.
@@ -80,6 +83,8 @@ class RunnerSettings:
             body["llamacpp"] = {"reasoning-budget": self.reasoning_budget}
         if self.pinned:
             body["pinned"] = True
+        if self.speculative is not None:
+            body["speculative"] = self.speculative.to_api()
         return body
 
     def to_json(self) -> dict[str, Any]:
@@ -91,6 +96,7 @@ class RunnerSettings:
             "keep_alive": self.keep_alive,
             "reasoning_budget": self.reasoning_budget,
             "pinned": self.pinned,
+            "speculative": self.speculative.to_json() if self.speculative else None,
         }
 
     @classmethod
@@ -107,6 +113,7 @@ class RunnerSettings:
         context_size = data.get("context_size")
         keep_alive = data.get("keep_alive")
         budget = data.get("reasoning_budget")
+        speculative = data.get("speculative")
         return cls(
             context_size=None if context_size is None else int(context_size),
             runtime_flags=validate_runtime_flags(list(data.get("runtime_flags") or ())),
@@ -114,6 +121,7 @@ class RunnerSettings:
             mode=mode,
             reasoning_budget=None if budget is None else int(budget),
             pinned=data.get("pinned") is True,
+            speculative=SpeculativeSettings.from_json(speculative) if speculative else None,
         )
 
 
@@ -204,13 +212,13 @@ def parse_configure_request(body: object) -> ConfigureRequest:
 
     Keys: ``model`` (required), ``mode``, ``context-size``, ``runtime-flags`` (wins over)
     ``raw-runtime-flags`` (shell words), ``keep_alive`` (Go duration, ``"0"``, ``"-1"``),
-    ``llamacpp.reasoning-budget``, ``pinned`` (ours: never evicted for another model). The
-    mode defaults to ``completion``, or ``embedding`` when the flags hold ``--embeddings``.
-    Unknown keys and ``vllm`` are ignored, as DMR does.
+    ``llamacpp.reasoning-budget``, ``pinned`` (ours: never evicted for another model),
+    ``speculative`` (:func:`~orchestrator.runners.speculative.parse_speculative`; the draft is
+    resolved by the caller). The mode defaults to ``completion``, or ``embedding`` when the
+    flags hold ``--embeddings``. Unknown keys and ``vllm`` are ignored, as DMR does.
 
     Raises:
         InvalidRequestError: A value is missing, of the wrong type or not allowed.
-        NotSupportedError: ``speculative`` decoding was asked for.
     """
     if not isinstance(body, Mapping):
         raise InvalidRequestError(
@@ -229,9 +237,11 @@ def parse_configure_request(body: object) -> ConfigureRequest:
         raise InvalidRequestError(
             f"unknown mode {mode!r}; use one of {', '.join(repr(m) for m in MODES)}", param="mode"
         )
-    if body.get("speculative"):
-        raise NotSupportedError(
-            "speculative decoding is not supported by this runner; remove 'speculative'",
+    speculative = parse_speculative(body.get("speculative"))
+    if speculative is not None and mode != "completion":
+        raise InvalidRequestError(
+            f"speculative decoding drafts generated tokens, so it applies to completion mode "
+            f"only, not {mode!r}; leave out 'speculative' or the mode",
             param="speculative",
         )
     budget: int | None = None
@@ -257,6 +267,7 @@ def parse_configure_request(body: object) -> ConfigureRequest:
         mode=str(mode),
         reasoning_budget=budget,
         pinned=pinned,
+        speculative=speculative,
     )
     return ConfigureRequest(model=model.strip(), settings=settings)
 

@@ -177,6 +177,7 @@ class Runner:
             pid=self.process.pid,
             context_size=self.launch.context_size,
             log_path=str(self.launch.log_path),
+            draft_model=self.launch.draft_model,
         )
 
 

@@ -39,6 +39,28 @@ _HEX64 = re.compile(r"[a-f0-9]{64}")
 _HEX12 = re.compile(r"[a-f0-9]{12}")
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\\s]")
 
+# NOTE(settings): DMR reads DEFAULT_REGISTRY once per process and every parse (pull, store
+# lookups, CLI filters) uses it; threading it through every caller would change dozens of
+# signatures for one value, so it is process state, set once at start-up by the daemon
+# (server.run) and per command by the CLI (modelcli.main), and read only here.
+_process_default_registry = DEFAULT_REGISTRY
+
+
+def set_default_registry(registry: str) -> str:
+    """Make ``registry`` the registry of references that name none; return the previous one.
+
+    Only start-up code calls this (``DEFAULT_REGISTRY``); tests restore the returned value.
+    """
+    global _process_default_registry
+    previous = _process_default_registry
+    _process_default_registry = registry or DEFAULT_REGISTRY
+    return previous
+
+
+def default_registry() -> str:
+    """Return the registry of references that name none (``docker.io`` unless configured)."""
+    return _process_default_registry
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelRef:
@@ -139,13 +161,14 @@ def normalize(raw: str) -> str:
     return str(parse_reference(raw))
 
 
-def parse_reference(raw: str, *, default_registry: str = DEFAULT_REGISTRY) -> ModelRef:
+def parse_reference(raw: str, *, default_registry: str | None = None) -> ModelRef:
     """Parse and normalise a model reference.
 
     Args:
         raw: What the user typed, e.g. ``smollm2``, ``hf.co/org/repo:Q4_K_M``,
             ``127.0.0.1:5000/team/model@sha256:...``.
-        default_registry: Registry used when the reference names none.
+        default_registry: Registry used when the reference names none (default: the
+            process's, :func:`set_default_registry`).
 
     Raises:
         InvalidReferenceError: The text is not a valid reference.
@@ -175,6 +198,8 @@ def parse_reference(raw: str, *, default_registry: str = DEFAULT_REGISTRY) -> Mo
         raise _reject(raw, f"tag {tag!r} may hold only letters, digits, '_', '.' and '-'")
 
     components = text.split("/")
+    if default_registry is None:
+        default_registry = _process_default_registry
     registry = default_registry
     first = components[0]
     if len(components) > 1 and ("." in first or ":" in first or first.lower() == "localhost"):

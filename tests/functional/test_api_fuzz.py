@@ -20,8 +20,8 @@ the runners as they are (inference included), then those that change them, then 
 Nothing leaves the machine: the daemon's HTTP(S) proxy and Hugging Face endpoint are a
 loopback port that is bound but never listens (every connect is refused at once), loopback
 exempt. A pull, a push or a remote inspect of a reference outside 127.0.0.1 therefore gets the
-documented 502 ``registry_error``; that, and the 501 of the two features this runner does not
-have, are the only 5xx the hooks module lets pass.
+documented 502 ``registry_error``; that, and the 501 of the features llama.cpp does not have
+(score, image generation), are the only 5xx the hooks module lets pass.
 
 Generation is bounded before fuzzing: the model's runners get a 512-token context and
 ``--n-predict 16`` through ``POST /engines/_configure``, so no generated request generates for
@@ -52,7 +52,10 @@ MAX_EXAMPLES = 5
 REQUEST_TIMEOUT_SECONDS = 60
 PASS_TIMEOUT_SECONDS = 600
 # operationIds of the operations that change the store or the runners; purge runs alone, last.
-CHANGING = r"^(deleteModel|tagModel|loadModel|pullModel|pushModel|configureRunner|unloadRunners)"
+CHANGING = (
+    r"^(deleteModel|tagModel|repackageModel|loadModel|pullModel|pushModel|configureRunner"
+    r"|unloadRunners)"
+)
 PURGE = r"^purgeModels$"
 # The translating faces (Ollama, Anthropic, Responses): most of their cases reach the engine, so
 # they get a pass (and a time limit) of their own.

@@ -8,9 +8,11 @@ tests run in file order and build on each other only where a docstring says so.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -110,7 +112,11 @@ def test_status_json_says_running_with_llama_cpp(
     document = json.loads(ok(docker_model(docker_env, "status", "--json")))
     assert document["running"] is True
     assert document["backends"]["llama.cpp"].startswith("Running")
-    assert document["endpoint"] == daemon.base_url + "/v1/"
+    # The host URL is the one the CLI uses; containers get the same port on the docker0
+    # address or on model-runner.docker.internal (tests/functional/test_compose_models.py).
+    assert document["endpointHost"] == daemon.base_url + "/engines/v1/"
+    assert document["endpoint"].endswith(f":{daemon.port}/engines/v1/")
+    assert "127.0.0.1" not in document["endpoint"]
     assert ok(docker_model(docker_env, "status")).startswith("Docker Model Runner is running\n")
 
 
@@ -425,3 +431,95 @@ def test_interactive_chat_on_a_terminal(terminal: Terminal, docker_env: dict[str
     terminal.send("/bye\n")
     assert terminal.proc.wait(timeout=30) == 0
     ok(docker_model(docker_env, "unload", "--all"))
+
+
+# --- run: images named in the prompt, --color ----------------------------------------------
+
+# The smallest valid PNG: one transparent pixel.
+PIXEL_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def test_run_sends_a_named_image_and_says_the_model_cannot_read_it(
+    docker_env: dict[str, str], daemon: Daemon, tmp_path: Path
+) -> None:
+    """The image goes as an image_url part; SmolLM2 has no projector, so the daemon's 400 is
+    shown as one clear line, and the request the daemon recorded carries the image, not the path."""
+    picture = tmp_path / "pixel.png"
+    picture.write_bytes(PIXEL_PNG)
+    result = docker_model(docker_env, "run", "ai/smollm2", f"What is in {picture}?")
+    assert result.returncode == 1, result.stdout + result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "image" in message.lower() and ("projector" in message or "mmproj" in message), message
+    records = ok(docker_model(docker_env, "requests", "--model", "ai/smollm2"))
+    assert str(picture) not in records
+    assert "data:image/png;base64," in records
+
+
+def test_run_refuses_a_file_that_only_pretends_to_be_an_image(
+    docker_env: dict[str, str], tmp_path: Path
+) -> None:
+    fake = tmp_path / "notes.png"
+    fake.write_text("just text\n")
+    result = docker_model(docker_env, "run", "ai/smollm2", f"Read {fake}")
+    assert result.returncode == 1
+    assert "is not a JPEG, PNG or WebP image" in result.stderr
+
+
+def test_run_color_yes_answers_and_color_no_writes_no_escape_codes(
+    docker_env: dict[str, str],
+) -> None:
+    plain = ok(docker_model(docker_env, "run", "--color", "no", "ai/smollm2", "Say hello."))
+    assert plain.strip() and not ANSI.search(plain)
+    colored = ok(docker_model(docker_env, "run", "--color", "yes", "ai/smollm2", "Say hello."))
+    assert ANSI.sub("", colored).strip()
+
+
+# --- compose up|down|metadata: Compose's provider protocol -------------------------------------
+
+
+def _provider_messages(stdout: str) -> list[dict[str, str]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_compose_metadata_lists_the_up_parameters_as_dmr(docker_env: dict[str, str]) -> None:
+    document = json.loads(ok(docker_model(docker_env, "compose", "metadata")))
+    assert document["description"] == "Docker Model Runner"
+    parameters = {p["name"]: p for p in document["up"]["parameters"]}
+    assert parameters["model"]["required"] is True and parameters["model"]["type"] == "stringArray"
+    assert parameters["context-size"]["default"] == "-1"
+    assert {"runtime-flags", "speculative-draft-model", "backend"} <= set(parameters)
+    assert document["down"] == {"parameters": None}
+
+
+def test_compose_up_pulls_what_is_missing_configures_and_sets_url_and_model(
+    docker_env: dict[str, str], registry: RegistryServer, smollm2_gguf: Path
+) -> None:
+    """As Compose runs it for a `provider: {type: model}` service: pull, _configure, setenv."""
+    target = f"{registry.host}/team/compose:v1"
+    ok(docker_model(docker_env, "package", "--gguf", str(smollm2_gguf), "--push", target))
+    result = docker_model(
+        docker_env, "compose", "--project-name", "demo", "up", "--model", target,
+        "--context-size", "1024", "--runtime-flags", "--temp 0.2", "llm",
+    )  # fmt: skip
+    messages = _provider_messages(ok(result))
+    assert all(m["type"] in ("info", "setenv") for m in messages), messages
+    setenv = dict(m["message"].split("=", 1) for m in messages if m["type"] == "setenv")
+    assert setenv["MODEL"] == target
+    assert setenv["URL"].endswith("/engines/v1/") and "localhost" not in setenv["URL"]
+    assert f"Successfully configured backend for model {target}" in [m["message"] for m in messages]
+    assert target in ok(docker_model(docker_env, "ls", target))  # pulled
+    entries = json.loads(ok(docker_model(docker_env, "configure", "show", target)))
+    config = entries[0]["Config"]
+    assert config.get("context-size") == 1024, entries
+    assert config.get("runtime-flags") == ["--temp", "0.2"], entries
+    assert ok(docker_model(docker_env, "compose", "down", "llm")) == ""
+    ok(docker_model(docker_env, "rm", target))
+
+
+def test_compose_up_without_a_model_reports_an_error_message(docker_env: dict[str, str]) -> None:
+    result = docker_model(docker_env, "compose", "up", "llm")
+    assert result.returncode == 1
+    assert _provider_messages(result.stdout) == [{"type": "error", "message": "options.model is required"}]

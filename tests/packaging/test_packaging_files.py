@@ -220,6 +220,7 @@ DEBIAN_PACKAGE = {
     "prometheus_client": "python3-prometheus-client",
     "psutil": "python3-psutil",
     "requests": "python3-requests",
+    "rich": "python3-rich",
     "urllib3": "python3-urllib3",
     "yaml": "python3-yaml",
 }

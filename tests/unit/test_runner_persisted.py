@@ -10,7 +10,6 @@ import pytest
 
 from orchestrator.errors import (
     InvalidRequestError,
-    NotSupportedError,
     OrchestratorError,
 )
 from orchestrator.runners.persisted import (
@@ -18,6 +17,7 @@ from orchestrator.runners.persisted import (
     RunnerSettings,
     parse_configure_request,
 )
+from orchestrator.runners.speculative import SpeculativeSettings
 
 MODEL = "ai/smollm2"
 
@@ -94,6 +94,15 @@ BAD_REQUESTS: list[tuple[Any, str | None]] = [
     ({"model": MODEL, "mode": "image-generation"}, "mode"),
     ({"model": MODEL, "llamacpp": "x"}, "llamacpp"),
     ({"model": MODEL, "llamacpp": {"reasoning-budget": "lots"}}, "reasoning-budget"),
+    ({"model": MODEL, "speculative": "ai/x"}, "speculative"),
+    ({"model": MODEL, "speculative": {"num_tokens": 4}}, "speculative.draft_model"),
+    ({"model": MODEL, "speculative": {"draft_model": 7}}, "speculative.draft_model"),
+    ({"model": MODEL, "speculative": {"draft_model": "ai/x", "num_tokens": -1}}, "speculative.num_tokens"),
+    ({"model": MODEL, "speculative": {"draft_model": "ai/x", "num_tokens": 4.5}}, "speculative.num_tokens"),
+    ({"model": MODEL, "speculative": {"draft_model": "ai/x", "num_tokens": 5000}}, "speculative.num_tokens"),
+    ({"model": MODEL, "speculative": {"draft_model": "ai/x", "min_acceptance_rate": 1.5}}, "speculative.min_acceptance_rate"),
+    ({"model": MODEL, "speculative": {"draft_model": "ai/x", "min_acceptance_rate": "high"}}, "speculative.min_acceptance_rate"),
+    ({"model": MODEL, "mode": "embedding", "speculative": {"draft_model": "ai/x"}}, "speculative"),
 ]
 
 
@@ -105,10 +114,25 @@ def test_bad_requests_name_the_parameter(body: Any, param: str | None) -> None:
     assert info.value.status == 400
 
 
-def test_speculative_is_not_supported() -> None:
-    with pytest.raises(NotSupportedError) as info:
-        parse_configure_request({"model": MODEL, "speculative": {"draft_model": "ai/x"}})
-    assert info.value.param == "speculative"
+def test_speculative_is_parsed_into_the_settings_unresolved() -> None:
+    body = {"model": MODEL, "speculative": {"draft_model": " ai/x ", "num_tokens": 8}}
+    speculative = parse_configure_request(body).settings.speculative
+    assert speculative == SpeculativeSettings(draft_model="ai/x", num_tokens=8)
+    assert speculative.draft_model_id == ""  # the route resolves it against the store
+
+
+def test_speculative_settings_survive_the_store_and_show_in_dmr_shape(tmp_path: Path) -> None:
+    speculative = SpeculativeSettings("ai/x", "sha256:" + "a" * 64, 16, 0.8)
+    settings = RunnerSettings(context_size=2048, speculative=speculative)
+    RunnerConfigStore(tmp_path / "c.json").put("sha256:" + "b" * 64, settings)
+    again = RunnerConfigStore(tmp_path / "c.json").get("sha256:" + "b" * 64, "completion")
+    assert again == settings
+    assert settings.to_api()["speculative"] == {
+        "draft_model": "ai/x",
+        "num_tokens": 16,
+        "min_acceptance_rate": 0.8,
+    }
+    assert not settings.same_process(RunnerSettings(context_size=2048))
 
 
 def test_to_api_uses_dmr_keys_and_omits_unset() -> None:

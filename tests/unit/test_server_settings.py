@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import server
+from orchestrator import bridge, server
 from orchestrator.errors import ConfigError
 from orchestrator.settings import Config
 
@@ -24,13 +24,13 @@ def test_default_hosts_add_the_docker_bridge(monkeypatch: pytest.MonkeyPatch) ->
         v6 = SimpleNamespace(family=socket.AF_INET6, address="fe80::1")
         return {"docker0": [v4, v6], "lo": []}
 
-    monkeypatch.setattr(server.psutil, "net_if_addrs", fake_addrs)
+    monkeypatch.setattr(bridge.psutil, "net_if_addrs", fake_addrs)
     assert server.default_hosts() == ["127.0.0.1", "172.17.0.1"]
     assert server.bind_addresses(Config(port=1)) == ["127.0.0.1:1", "172.17.0.1:1"]
 
 
 def test_default_hosts_without_bridge(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server.psutil, "net_if_addrs", lambda: {"lo": []})
+    monkeypatch.setattr(bridge.psutil, "net_if_addrs", lambda: {"lo": []})
     assert server.default_hosts() == ["127.0.0.1"]
 
 

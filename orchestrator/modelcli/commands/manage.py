@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import requests
 
 from orchestrator import errors
 from orchestrator.modelcli import formatting
+from orchestrator.modelcli.commands import openai_list
 from orchestrator.modelcli.context import CliContext
 from orchestrator.modelcli.daemon_client import model_path, parse_progress_line
 from orchestrator.modelcli.progress_display import ProgressDisplay
+from orchestrator.modelcli.registry_credentials import registry_auth_headers
 from orchestrator.store.reference import parse_reference
 
 PULL_ATTEMPTS = 4
@@ -31,6 +34,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     cmd.add_argument("--json", action="store_true", help="List models in a JSON format")
     cmd.add_argument("--openai", action="store_true", help="List models in an OpenAI format")
     cmd.add_argument("-q", "--quiet", action="store_true", help="Only show model IDs")
+    cmd.add_argument(
+        "--openaiurl", default="", help="OpenAI-compatible API endpoint URL to list models from"
+    )
     cmd.set_defaults(func=cmd_list, parser=cmd)
 
     cmd = commands.add_parser(
@@ -123,8 +129,17 @@ def _is_retryable(ex: errors.OrchestratorError) -> bool:
     return ex.details.get("status") in RETRY_STATUSES or bool(ex.details.get("broken"))
 
 
-def transfer(ctx: CliContext, path: str, body: dict[str, Any] | None, *, mode: str) -> str:
+def transfer(
+    ctx: CliContext,
+    path: str,
+    body: dict[str, Any] | None,
+    *,
+    mode: str,
+    headers: Mapping[str, str] | None = None,
+) -> str:
     """POST a pull/push and follow its progress, retrying transient failures (1, 2, 4 s).
+
+    ``headers`` go with the request besides ``Accept`` (the registry credentials).
 
     Returns:
         The daemon's success message (``Model pulled successfully``, ``Using cached model``...).
@@ -134,8 +149,9 @@ def transfer(ctx: CliContext, path: str, body: dict[str, Any] | None, *, mode: s
         display = ProgressDisplay(ctx.stderr, is_tty=ctx.stderr_is_tty(), mode=mode)
         try:
             response = ctx.client.request(
-                "POST", path, json_body=body, headers=JSON_ACCEPT, stream=True
-            )
+                "POST", path, json_body=body, headers={**JSON_ACCEPT, **(headers or {})},
+                stream=True,
+            )  # fmt: skip
             return follow_progress(ctx, response, display)
         except errors.OrchestratorError as ex:
             if attempt == PULL_ATTEMPTS or not _is_retryable(ex):
@@ -161,8 +177,9 @@ def _token_body(ctx: CliContext, model: str) -> dict[str, Any]:
 def pull_model(ctx: CliContext, model: str) -> str:
     """Pull ``model`` through the daemon, drawing progress; return the success message."""
     body = {"from": model, **_token_body(ctx, model)}
+    headers = registry_auth_headers(model, ctx.environ)
     try:
-        return transfer(ctx, "/models/create", body, mode="pull")
+        return transfer(ctx, "/models/create", body, mode="pull", headers=headers)
     except KeyboardInterrupt:
         ctx.err(f"\npull interrupted; run '{ctx.prog} pull {model}' again to resume")
         raise
@@ -177,8 +194,9 @@ def cmd_pull(args: argparse.Namespace, ctx: CliContext) -> int:
 def cmd_push(args: argparse.Namespace, ctx: CliContext) -> int:
     """``push MODEL``."""
     body = _token_body(ctx, args.model) or None
+    headers = registry_auth_headers(args.model, ctx.environ)
     try:
-        message = transfer(ctx, model_path(args.model, "push"), body, mode="push")
+        message = transfer(ctx, model_path(args.model, "push"), body, mode="push", headers=headers)
     except KeyboardInterrupt:
         ctx.err(f"\npush interrupted; run '{ctx.prog} push {args.model}' again")
         raise
@@ -190,7 +208,9 @@ def cmd_push(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_list(args: argparse.Namespace, ctx: CliContext) -> int:
-    """``list [MODEL]`` with ``--json``, ``--openai``, ``-q``."""
+    """``list [MODEL]`` with ``--json``, ``--openai``, ``-q``, ``--openaiurl``."""
+    if args.openaiurl:
+        return openai_list.list_openai_endpoint(args, ctx)
     if args.openai and args.quiet:
         args.parser.error("--quiet flag cannot be used with --openai flag")
     if args.openai:

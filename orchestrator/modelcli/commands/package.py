@@ -3,8 +3,9 @@
 Without ``--push`` the artifact is streamed as a tar (DMR spec section 3.6) to
 ``POST /models/load`` and then tagged with ``POST /models/<id>/tag``; files are read in chunks
 by a generator, never whole. With ``--push`` it goes straight to the registry through
-:class:`~orchestrator.registry.client.RegistryClient`, without the daemon. ``--from MODEL
---context-size N`` asks the daemon to repackage a local model (``POST /models/<m>/repackage``).
+:class:`~orchestrator.registry.client.RegistryClient`, without the daemon. ``--from MODEL``
+makes a variant of a local model that shares its weights
+(:mod:`~orchestrator.modelcli.commands.package_from`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import errors
 from orchestrator.modelcli.commands.manage import follow_progress
+from orchestrator.modelcli.commands.package_from import package_from
 from orchestrator.modelcli.context import CliContext
 from orchestrator.modelcli.daemon_client import model_path
 from orchestrator.modelcli.progress_display import ProgressDisplay
@@ -41,7 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
             "Package a GGUF file into a Docker model OCI artifact, with optional licenses. The "
             "package is sent to the model runner, unless --push is specified. For a sharded "
             "model, --gguf names the first shard (model-00001-of-00003.gguf); the other shards "
-            "must be next to it."
+            "must be next to it. --from MODEL makes a variant of a local model instead, "
+            "sharing its weights."
         ),
     )
     cmd.add_argument("model", metavar="MODEL", help="reference to tag (or push) the artifact as")
@@ -51,7 +54,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         dest="from_model",
         default=None,
         metavar="MODEL",
-        help="repackage a local model (with --context-size)",
+        help=(
+            "reference to an existing model to repackage (its weights are shared; change "
+            "--context-size, --chat-template or add --license)"
+        ),
     )
     cmd.add_argument(
         "-l",
@@ -264,18 +270,7 @@ def cmd_package(args: argparse.Namespace, ctx: CliContext) -> int:
     if target.digest:
         parser.error("MODEL must be a name with an optional tag, not a digest")
     if args.from_model is not None:
-        extras = args.licenses or args.chat_template or args.mmproj or args.push
-        if extras or args.context_size is None:
-            raise errors.NotSupportedError(
-                "--from supports only --context-size here; package the GGUF file with --gguf "
-                "to add licenses, templates or projectors"
-            )
-        answer = ctx.client.post_json(
-            model_path(args.from_model, "repackage"),
-            {"target": args.model, "context_size": args.context_size},
-        )
-        ctx.err(str((answer or {}).get("message") or "Model repackaged successfully"))
-        return 0
+        return package_from(args, ctx)
     artifact = _build(args, ctx)
     if args.push:
         _push(ctx, artifact, args.model)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from orchestrator import __version__, errors
+from orchestrator import errors
 from orchestrator.atomicfile import write_atomic
 from orchestrator.modelcli.context import CliContext
 from orchestrator.unixhttp import connect_unix_socket
@@ -24,6 +24,13 @@ from orchestrator.unixhttp import connect_unix_socket
 PLUGIN_NAME = "docker-model"
 METADATA_ARGUMENT = "docker-cli-plugin-metadata"
 PACKAGED_PLUGIN_DIR = "/usr/libexec/docker/cli-plugins"
+DMR_RELEASE = "v1.2.6"
+"""The docker/model-runner release whose CLI behaviour this plugin implements.
+
+Reported as the plugin ``Version``, which Compose reads as the feature level: it passes a
+model's ``runtime_flags`` to ``configure`` only from ``v1.0.6`` on (``supportsRuntimeFlags`` in
+``pkg/compose/model.go``) and drops them silently below that. The daemon keeps its own version
+(``orchestrator.__version__``, ``GET /version``)."""
 
 
 def metadata() -> dict[str, str]:
@@ -31,7 +38,7 @@ def metadata() -> dict[str, str]:
     return {
         "SchemaVersion": "0.1.0",
         "Vendor": "docker-model-runner (Python)",
-        "Version": __version__,
+        "Version": DMR_RELEASE,
         "ShortDescription": "Docker Model Runner",
     }
 

@@ -21,6 +21,8 @@ from orchestrator import errors
 from orchestrator.modelcli.commands.manage import pull_model
 from orchestrator.modelcli.context import CliContext
 from orchestrator.modelcli.daemon_client import DaemonClient, error_from_body, model_path
+from orchestrator.modelcli.image_attachments import IMAGE_SUFFIXES, attach_images
+from orchestrator.modelcli.markdown_stream import MarkdownStream, color_enabled
 
 CHAT_PATH = "/engines/v1/chat/completions"
 PRELOAD_HEADERS = {"X-Preload-Only": "true"}
@@ -80,7 +82,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--color",
         choices=("auto", "yes", "no"),
         default="no",
-        help="Use colored output (auto|yes|no)",
+        help="Use colored output (auto|yes|no): render the answer's Markdown",
     )
     cmd.add_argument("--debug", action="store_true", help="Enable debug logging")
     cmd.add_argument(
@@ -98,13 +100,18 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def include_files(prompt: str) -> str:
-    """Replace ``@path`` (or ``@"path with spaces"``) with the file's text when it exists."""
+    """Replace ``@path`` (or ``@"path with spaces"``) with the file's text when it exists (an
+    image's ``@path`` with its path, which :func:`attach_images` then sends as an image)."""
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1).strip('"')
         path = Path(name).expanduser()
         if not path.is_file():
             return match.group(0)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            # Sent as an image by attach_images, as a path it recognises.
+            shown = name if name.startswith(("/", "./", "../", "~/")) else f"./{name}"
+            return f'"{shown}"' if " " in shown else shown
         try:
             return path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -153,31 +160,43 @@ class ChatSession:
         chat_path: Path of the chat completions route on ``client``.
     """
 
-    def __init__(self, ctx: CliContext, client: DaemonClient, model: str, chat_path: str) -> None:
+    def __init__(
+        self,
+        ctx: CliContext,
+        client: DaemonClient,
+        model: str,
+        chat_path: str,
+        color: bool = False,
+    ) -> None:
         self.ctx = ctx
         self.client = client
         self.model = model
         self.chat_path = chat_path
+        self.color = color
         self.system: str | None = None
-        self.history: list[dict[str, str]] = []
+        # User turns are text or, with images, OpenAI content parts.
+        self.history: list[dict[str, Any]] = []
         self.options: dict[str, Any] = {}
 
-    def messages_for(self, prompt: str) -> list[dict[str, str]]:
-        """Return the messages of a request that asks ``prompt`` after the history."""
+    def messages_for(self, user: dict[str, Any]) -> list[dict[str, Any]]:
+        """Return the messages of a request that sends ``user`` after the history."""
         messages = [{"role": "system", "content": self.system}] if self.system else []
-        return [*messages, *self.history, {"role": "user", "content": prompt}]
+        return [*messages, *self.history, user]
 
     def ask(self, prompt: str) -> str:
-        """Send ``prompt``, print the answer as it streams, remember the turn; return it."""
+        """Send ``prompt`` (and the images it names), print the answer as it streams, remember
+        the turn; return the answer."""
+        user = attach_images(prompt).user_message()
         body = {
             "model": self.model,
-            "messages": self.messages_for(prompt),
+            "messages": self.messages_for(user),
             "stream": True,
             **self.options,
         }
         response = self.client.request("POST", self.chat_path, json_body=body, stream=True)
         answer: list[str] = []
         content_type = response.headers.get("Content-Type", "")
+        view = MarkdownStream(self.color)
         try:
             # An OpenAI-compatible server may ignore "stream" and answer one JSON document.
             if "json" in content_type and "event-stream" not in content_type:
@@ -186,17 +205,15 @@ class ChatSession:
                 deltas = iter_chat_deltas(self.client.iter_lines(response))
             for kind, text in deltas:
                 if kind == "reasoning":
-                    self.ctx.err(text, end="")
+                    self.ctx.err(view.reasoning(text), end="")
                     continue
                 answer.append(text)
-                self.ctx.out(text, end="")
+                self.ctx.out(view.add(text), end="")
         finally:
             response.close()
+            self.ctx.out(view.flush(), end="")
         reply = "".join(answer)
-        self.history += [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": reply},
-        ]
+        self.history += [user, {"role": "assistant", "content": reply}]
         return reply
 
 
@@ -247,7 +264,8 @@ def cmd_run(args: argparse.Namespace, ctx: CliContext) -> int:
         if args.debug:
             ctx.err(f"Model {args.model} loaded successfully")
         return 0
-    session = ChatSession(ctx, client, args.model, chat_path)
+    color = color_enabled(args.color, ctx.stdout_is_tty(), ctx.environ)
+    session = ChatSession(ctx, client, args.model, chat_path, color=color)
     if prompt:
         session.ask(include_files(prompt))
         ctx.out()

@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator import __version__, errors
 from orchestrator.modelcli import formatting
+from orchestrator.modelcli.compose_endpoints import status_endpoints
 from orchestrator.modelcli.context import CliContext
 from orchestrator.modelcli.daemon_client import START_HINT
 from orchestrator.settings import parse_duration
@@ -112,13 +113,6 @@ def _engine_kind(ctx: CliContext) -> str:
     return ENGINE_KIND_MANUAL if ctx.host_is_explicit else ENGINE_KIND
 
 
-def _endpoint(ctx: CliContext) -> str:
-    base = ctx.client.endpoint
-    if base.startswith("unix://"):
-        return base
-    return base.rstrip("/") + "/v1/"
-
-
 def cmd_status(args: argparse.Namespace, ctx: CliContext) -> int:
     """``status``: running or not, and each backend's state."""
     try:
@@ -129,12 +123,15 @@ def cmd_status(args: argparse.Namespace, ctx: CliContext) -> int:
             raise
         backends, running = {}, False
     if args.json:
+        # Compose reads "endpoint" (the URL its containers get) from this document, with
+        # stderr mixed in: nothing but the JSON may be printed here.
+        endpoints = status_endpoints(ctx.client.endpoint)
         document = {
             "running": running,
             "backends": backends,
             "kind": _engine_kind(ctx),
-            "endpoint": _endpoint(ctx),
-            "endpointHost": _endpoint(ctx),
+            "endpoint": endpoints.endpoint,
+            "endpointHost": endpoints.endpoint_host,
         }
         ctx.out(json.dumps(document, ensure_ascii=False))
         return 0 if running else 1
