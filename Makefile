@@ -157,7 +157,7 @@ test-image: deps venv engine model image
 
 # --- Benchmark: A (llama-server direct), B (this daemon), C (llama-server router) ------------------
 # Scripts in bench/; tables on stdout, bench.json, table.md and charts in bench/results/<mode>/.
-.PHONY: bench bench-quick bench-deps
+.PHONY: bench bench-quick bench-deps bench-relay
 BENCH_ARGS ?=
 
 # matplotlib draws the charts: installed into the venv only, and only when missing.
@@ -173,3 +173,14 @@ bench: deps venv engine model bench-deps
 bench-quick: deps venv engine model bench-deps
 	LLAMA_SERVER_PATH="$$(bin/provision-engine)" DMR_TEST_MODEL="$$(bin/provision-model)" \
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
+
+# Relay capacity (bench/relay.py): a synthetic engine that streams as fast as it can, relayed by
+# the daemon and by Debian's nginx, loaded by wrk at 1/16/64/256 streams (about 3 minutes).
+# nginx is not installed for you: Debian's package also enables and starts a web server on
+# port 80 (`apt-get install nginx-light`, then `systemctl disable --now nginx` if unwanted).
+RELAY_PACKAGES := wrk:wrk cc:gcc
+
+bench-relay: venv model
+	$(call install_missing,$(RELAY_PACKAGES))
+	@[ -x /usr/sbin/nginx ] || { echo "bench-relay: install nginx first: apt-get install nginx-light" >&2; exit 2; }
+	DMR_TEST_MODEL="$$(bin/provision-model)" $(BIN)/python -m bench.relay $(BENCH_ARGS)

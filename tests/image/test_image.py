@@ -14,6 +14,7 @@ Podman keeps its images, containers and volumes under this test's temporary dire
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import resource
@@ -158,10 +159,17 @@ def test_image_rootfs_holds_the_packages_and_nothing_left_over(image_layout: tup
         passwd = archive.extractfile(members["etc/passwd"])
         assert passwd is not None
         users = passwd.read().decode()
+        # The build's own file:// source of our .debs does not stay in the image's apt sources.
+        sources = [
+            (archive.extractfile(member) or io.BytesIO()).read().decode()
+            for name, member in members.items()
+            if name.startswith("etc/apt/sources.list") and member.isfile()
+        ]
     for package in ("docker-model-plugin", "docker-model-runner-llama-server"):
         assert f"Package: {package}\nStatus: install ok installed" in installed, package
     assert "Package: apt\n" not in installed and "Package: systemd\n" not in installed
     assert f"{SERVICE}:x:{SERVICE_UID}:{SERVICE_UID}:" in users
+    assert sources and not any("file://" in text for text in sources), sources
     for path in ("usr/bin/model-runner", f"usr/libexec/{SERVICE}/llama-server", "usr/bin/docker-model"):
         assert path in members, path
     state = members[f"var/lib/{SERVICE}/models"]
