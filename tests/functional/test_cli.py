@@ -17,7 +17,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,72 +25,19 @@ import pytest
 import requests
 
 from tests.support.daemon_fixtures import Daemon
+from tests.support.docker_cli import DOCKER, docker_model, ok, plugin_env
 from tests.support.processes import free_port, stop_process
 from tests.support.registry_fixtures import RegistryServer
 
 pytestmark = [pytest.mark.llama_server]
 
-DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-COMMAND_TIMEOUT_SECONDS = 180
-
-
 @pytest.fixture(scope="module")
 def docker_env(tmp_path_factory: pytest.TempPathFactory, daemon: Daemon) -> dict[str, str]:
     """Return the environment of ``docker model`` commands: plugin installed, host set."""
-    if not os.access(DOCKER, os.X_OK):
-        pytest.skip("the docker client binary is not installed")
-    config_dir = tmp_path_factory.mktemp("docker-config")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("MODEL_RUNNER_", "DOCKER_", "HF_"))
-    }
-    env.update(
-        {
-            "DOCKER_CONFIG": str(config_dir),
-            "MODEL_RUNNER_HOST": daemon.base_url,
-            "DOCKER_MODEL_NOHISTORY": "1",
-            "TERM": "xterm",
-        }
-    )
-    installed = subprocess.run(
-        [sys.executable, "-m", "orchestrator.modelcli", "install-plugin"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert installed.returncode == 0, installed.stderr
-    assert (config_dir / "cli-plugins" / "docker-model").is_file()
-    return env
-
-
-def docker_model(
-    env: dict[str, str],
-    *args: str,
-    stdin: str | None = None,
-    timeout: float = COMMAND_TIMEOUT_SECONDS,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``docker model ARGS`` and return the finished process (text output)."""
-    return subprocess.run(
-        [DOCKER, "model", *args],
-        env=env,
-        input=stdin if stdin is not None else "",
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, (
-        f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    )
-    return result.stdout
+    return plugin_env(
+        tmp_path_factory.mktemp("docker-config"), daemon.base_url,
+        DOCKER_MODEL_NOHISTORY="1", TERM="xterm",
+    )  # fmt: skip
 
 
 def test_plugin_is_listed_and_answers_version(docker_env: dict[str, str]) -> None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon_fixtures import Daemon, spawn_daemon
+from tests.support.docker_cli import module_cli
 from tests.support.processes import free_port, stop_process
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_SECONDS = 60
 
 
@@ -35,14 +34,7 @@ def empty_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.modelcli", *argv],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECONDS,
-    )
+    return module_cli(env, *argv, timeout=CLI_TIMEOUT_SECONDS)
 
 
 @pytest.fixture

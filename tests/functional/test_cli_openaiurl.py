@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.support.docker_cli import module_cli
 from tests.support.json_routes import RoutesServer, json_answer
 from tests.support.processes import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_SECONDS = 60
 
 
@@ -47,14 +45,7 @@ def ls(*argv: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_RUNNER_")}
     # No daemon anywhere, and a key that belongs to it: neither may be used.
     env.update({"MODEL_RUNNER_HOST": "unix:///nonexistent/dmr.sock", "DMR_API_KEY": "secret"})
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.modelcli", "ls", *argv],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECONDS,
-    )
+    return module_cli(env, "ls", *argv, timeout=CLI_TIMEOUT_SECONDS)
 
 
 def test_table_sorted_by_id_with_ages(endpoint: RoutesServer) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +21,10 @@ import pytest
 from orchestrator.errors import RegistryError
 from orchestrator.modelcli.search_sources import DockerHubSource, HuggingFaceSource
 from orchestrator.store import mediatypes
+from tests.support.docker_cli import module_cli
 from tests.support.json_routes import Answer, RoutesServer, Seen, json_answer
 from tests.support.processes import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_SECONDS = 60
 HF_REPO = "bartowski/Llama-3.2-1B-Instruct-GGUF"
 HF_REPO_2 = "unsloth/Qwen3-0.6B-GGUF"
@@ -200,14 +199,7 @@ def cli_env(tmp_path: Path, hub_url: str, hf_url: str, registry_host: str) -> di
 
 
 def search(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.modelcli", "search", *argv],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECONDS,
-    )
+    return module_cli(env, "search", *argv, timeout=CLI_TIMEOUT_SECONDS)
 
 
 def test_table_lists_docker_hub_first_then_hugging_face_with_backend_and_size(

@@ -10,55 +10,20 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon_fixtures import Daemon
+from tests.support.docker_cli import docker_model, ok, plugin_env
 from tests.support.registry_fixtures import RegistryServer, write_docker_config
 
 pytestmark = [pytest.mark.llama_server, pytest.mark.registry]
 
-DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-COMMAND_TIMEOUT_SECONDS = 180
-
-
 def user_env(config_dir: Path, daemon: Daemon) -> dict[str, str]:
     """Return a user's environment with the plugin installed in ``config_dir``."""
-    if not os.access(DOCKER, os.X_OK):
-        pytest.skip("the docker client binary is not installed")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("MODEL_RUNNER_", "DOCKER_", "HF_", "DEFAULT_REGISTRY"))
-    }
-    env.update({"DOCKER_CONFIG": str(config_dir), "MODEL_RUNNER_HOST": daemon.base_url})
-    config_dir.mkdir(parents=True, exist_ok=True)
-    installed = subprocess.run(
-        [sys.executable, "-m", "orchestrator.modelcli", "install-plugin"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert installed.returncode == 0, installed.stderr
-    return env
-
-
-def docker_model(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DOCKER, "model", *args],
-        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
-        timeout=COMMAND_TIMEOUT_SECONDS,
-    )  # fmt: skip
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
-    return result.stdout
+    return plugin_env(config_dir, daemon.base_url)
 
 
 @pytest.fixture

@@ -8,22 +8,18 @@ makes variants under its own names, so the tests do not depend on each other.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.support.daemon_fixtures import REPO_ROOT, Daemon
+from tests.support.daemon_fixtures import Daemon
+from tests.support.docker_cli import docker_model, ok, plugin_env
 from tests.support.registry_fixtures import RegistryServer
 
 pytestmark = [pytest.mark.llama_server]
 
-DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 SOURCE = "ai/smollm2"
 TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -34,34 +30,7 @@ TEMPLATE = (
 @pytest.fixture(scope="module")
 def docker_env(tmp_path_factory: pytest.TempPathFactory, daemon: Daemon) -> dict[str, str]:
     """Return the environment of ``docker model`` commands: plugin installed, host set."""
-    if not os.access(DOCKER, os.X_OK):
-        pytest.skip("the docker client binary is not installed")
-    config_dir = tmp_path_factory.mktemp("docker-config")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("MODEL_RUNNER_", "DOCKER_", "HF_"))
-    }
-    env.update({"DOCKER_CONFIG": str(config_dir), "MODEL_RUNNER_HOST": daemon.base_url})
-    installed = subprocess.run(
-        [sys.executable, "-m", "orchestrator.modelcli", "install-plugin"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert installed.returncode == 0, installed.stderr
-    return env
-
-
-def docker_model(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``docker model ARGS``."""
-    return subprocess.run(
-        [DOCKER, "model", *args], env=env, input="", capture_output=True, text=True,
-        check=False, timeout=180,
-    )  # fmt: skip
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
-    return result.stdout
+    return plugin_env(tmp_path_factory.mktemp("docker-config"), daemon.base_url)
 
 
 def repackage(daemon: Daemon, source: str, body: Any) -> Any:

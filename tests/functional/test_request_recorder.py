@@ -13,10 +13,8 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -24,14 +22,13 @@ import pytest
 import requests
 
 from tests.support.daemon_fixtures import MODEL, Daemon
+from tests.support.docker_cli import DOCKER, docker_model, plugin_env
 from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.llama_server
 
 KEY = "dmr-recorder-test-key-5f2c"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
 
@@ -153,24 +150,9 @@ def test_curl_follow_gets_existing_then_new_requests(keyed: Daemon) -> None:
 @pytest.fixture(scope="module")
 def docker_env(tmp_path_factory: pytest.TempPathFactory, keyed: Daemon) -> dict[str, str]:
     """The environment of ``docker model`` commands for the keyed daemon."""
-    if not os.access(DOCKER, os.X_OK):
-        pytest.skip("the docker client binary is not installed")
-    config_dir = tmp_path_factory.mktemp("docker-config")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_RUNNER_", "DOCKER_"))}
-    env.update({"DOCKER_CONFIG": str(config_dir), "MODEL_RUNNER_HOST": keyed.base_url,
-                "DMR_API_KEY": KEY, "DOCKER_MODEL_NOHISTORY": "1"})  # fmt: skip
-    installed = subprocess.run(
-        [sys.executable, "-m", "orchestrator.modelcli", "install-plugin"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert installed.returncode == 0, installed.stderr
-    return env
-
-
-def docker_model(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DOCKER, "model", *args], env=env, capture_output=True, text=True, check=False,
-        stdin=subprocess.DEVNULL, timeout=120,
+    return plugin_env(
+        tmp_path_factory.mktemp("docker-config"), keyed.base_url,
+        DMR_API_KEY=KEY, DOCKER_MODEL_NOHISTORY="1",
     )  # fmt: skip
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from orchestrator.modelcli import systemd_service
 from orchestrator.modelcli.commands import runner_service
 from orchestrator.modelcli.context import CliContext
 from orchestrator.modelcli.systemd_service import UNIT, ServiceManager
+from tests.support.docker_cli import module_cli
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_SECONDS = 60
 
 FAKE_SYSTEMCTL = """#!/bin/sh
@@ -182,14 +181,7 @@ def _process_env(path: str, log: Path) -> dict[str, str]:
 
 
 def _cli_process(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.modelcli", *argv],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SECONDS,
-    )
+    return module_cli(env, *argv, timeout=CLI_TIMEOUT_SECONDS)
 
 
 @pytest.mark.skipif(

@@ -8,19 +8,15 @@ one removes it and compares the speed (printed, never asserted: timing on a shar
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.support.daemon_fixtures import REPO_ROOT, Daemon
+from tests.support.daemon_fixtures import Daemon
+from tests.support.docker_cli import docker_model, ok, plugin_env
 
 pytestmark = [pytest.mark.llama_server]
 
-DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 MODEL = "ai/smollm2"
 PROMPT = "Count from 1 to 40, separated by commas."
 MAX_TOKENS = 96
@@ -29,34 +25,7 @@ MAX_TOKENS = 96
 @pytest.fixture(scope="module")
 def docker_env(tmp_path_factory: pytest.TempPathFactory, daemon: Daemon) -> dict[str, str]:
     """Return the environment of ``docker model`` commands: plugin installed, host set."""
-    if not os.access(DOCKER, os.X_OK):
-        pytest.skip("the docker client binary is not installed")
-    config_dir = tmp_path_factory.mktemp("docker-config")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("MODEL_RUNNER_", "DOCKER_", "HF_"))
-    }
-    env.update({"DOCKER_CONFIG": str(config_dir), "MODEL_RUNNER_HOST": daemon.base_url})
-    installed = subprocess.run(
-        [sys.executable, "-m", "orchestrator.modelcli", "install-plugin"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert installed.returncode == 0, installed.stderr
-    return env
-
-
-def docker_model(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``docker model ARGS``."""
-    return subprocess.run(
-        [DOCKER, "model", *args], env=env, input="", capture_output=True, text=True,
-        check=False, timeout=180,
-    )  # fmt: skip
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"stdout: {result.stdout}\nstderr: {result.stderr}"
-    return result.stdout
+    return plugin_env(tmp_path_factory.mktemp("docker-config"), daemon.base_url)
 
 
 def chat(daemon: Daemon) -> dict[str, Any]:
