@@ -10,16 +10,14 @@ The file is DMR's, so both CLIs share it: ``$DOCKER_CONFIG/model/contexts.json``
 
 ``current`` absent means the reserved context ``default`` (never stored). Changes happen under
 an exclusive ``flock`` on ``contexts.lock`` beside the file (two commands at once must not lose
-each other's change) and replace the file atomically with mode 0600
-(:mod:`orchestrator.atomicfile`).
+each other's change; a holder stuck for 10 s is an error, not a hang) and replace the file
+atomically with mode 0600 (:mod:`orchestrator.atomicfile`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,11 +27,14 @@ from typing import Any
 
 from orchestrator.atomicfile import write_atomic
 from orchestrator.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
+from orchestrator.store.layout import StoreLock
 
 DEFAULT_CONTEXT = "default"
 FILE_VERSION = 1
 FILE_NAME = "contexts.json"
 LOCK_NAME = "contexts.lock"
+# Another docker model command holds the lock for milliseconds; one that waits longer is stuck.
+LOCK_TIMEOUT_SECONDS = 10.0
 # Docker's context naming rule, as DMR applies it.
 _VALID_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
@@ -200,16 +201,12 @@ class ContextStore:
     def _locked(self) -> Iterator[None]:
         # 0700: the folder sits in the Docker config folder, next to credentials.
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(
-            self.path.parent / LOCK_NAME,
-            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-            0o600,
-        )
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        lock = StoreLock(
+            self.path.parent / LOCK_NAME, timeout_seconds=LOCK_TIMEOUT_SECONDS,
+            purpose=f"the contexts file {self.path}",
+        )  # fmt: skip
+        with lock.hold():
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def _update(self, change: Callable[[_ContextFile], None]) -> None:
         try:

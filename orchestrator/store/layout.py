@@ -391,9 +391,24 @@ class StoreLock:
     already holds the lock take it again without deadlocking on itself.
     """
 
-    def __init__(self, path: Path, *, timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
+        purpose: str = "the store",
+    ) -> None:
+        """Prepare the lock (nothing is opened until :meth:`hold`).
+
+        Args:
+            path: The lock file (created if missing; a symbolic link is refused).
+            timeout_seconds: The longest wait for another holder.
+            purpose: What the lock guards, for the timeout's message (the CLI's contexts file
+                uses it too).
+        """
         self._path = path
         self._timeout_seconds = timeout_seconds
+        self._purpose = purpose
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
@@ -422,7 +437,9 @@ class StoreLock:
 
     def _lock_file(self, deadline: float) -> int:
         try:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(
+                self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE
+            )
         except OSError as ex:
             raise _store_error("open the lock file", self._path, ex) from ex
         delay = 0.005
@@ -443,6 +460,6 @@ class StoreLock:
 
     def _timeout_error(self) -> StoreError:
         return StoreError(
-            f"timed out after {self._timeout_seconds:.0f}s waiting for the store lock "
-            f"'{self._path}'; another process is updating the store, retry later"
+            f"timed out after {self._timeout_seconds:.0f}s waiting for the lock '{self._path}' "
+            f"of {self._purpose}; another process is updating it, retry later"
         )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
+from orchestrator.modelcli import context_store
 from orchestrator.modelcli import main as cli
 from orchestrator.modelcli.context import CliContext
 from orchestrator.modelcli.context_store import ContextStore, ModelContext, TlsSettings
@@ -175,3 +179,22 @@ def test_cli_context_client_uses_the_selected_context(env: dict[str, str]) -> No
     assert ctx.client.base_url == "unix:///run/lab.sock"
     assert ctx.host_is_explicit
     ctx.close()
+
+
+def test_a_stuck_lock_holder_is_an_error_after_the_deadline_not_a_hang(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(context_store, "LOCK_TIMEOUT_SECONDS", 0.3)
+    folder = contexts_file(env).parent
+    folder.mkdir(parents=True)
+    fd = os.open(folder / context_store.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another command, stuck while holding it
+        started = time.monotonic()
+        status, _, err = run_cli(["context", "create", "a", "--host", "http://h:1"], env)
+        assert time.monotonic() - started < 5
+    finally:
+        os.close(fd)
+    assert status == 1
+    assert "timed out after 0s waiting for the lock" in err and "contexts file" in err
+    assert not contexts_file(env).exists()
