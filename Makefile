@@ -164,22 +164,27 @@ BENCH_ARGS ?=
 bench-deps: venv
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet matplotlib
 
-# The full run (about 5 minutes on 2 cores).
+# Section 11 (relay capacity) needs wrk and a C compiler, installed here when missing, and
+# nginx, which is not: Debian's package also enables and starts a web server on port 80. Without
+# /usr/sbin/nginx the section prints "skipped: apt-get install nginx-light wrk".
+RELAY_PACKAGES := wrk:wrk cc:gcc
+
+# The full run, sections 1-11 (about 8 minutes on 2 cores).
 bench: deps venv engine model bench-deps
+	$(call install_missing,$(RELAY_PACKAGES))
 	LLAMA_SERVER_PATH="$$(bin/provision-engine)" DMR_TEST_MODEL="$$(bin/provision-model)" \
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# The same sections with fewer and shorter rounds (under 3 minutes).
+# The same sections with fewer and shorter rounds (about 4 minutes).
 bench-quick: deps venv engine model bench-deps
+	$(call install_missing,$(RELAY_PACKAGES))
 	LLAMA_SERVER_PATH="$$(bin/provision-engine)" DMR_TEST_MODEL="$$(bin/provision-model)" \
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 
 # Relay capacity (bench/relay.py): a synthetic engine that streams as fast as it can, relayed by
 # the daemon and by Debian's nginx, loaded by wrk at 1/16/64/256 streams (about 3 minutes).
-# nginx is not installed for you: Debian's package also enables and starts a web server on
-# port 80 (`apt-get install nginx-light`, then `systemctl disable --now nginx` if unwanted).
-RELAY_PACKAGES := wrk:wrk cc:gcc
-
+# nginx is not installed for you (see RELAY_PACKAGES above): `apt-get install nginx-light`,
+# then `systemctl disable --now nginx` if unwanted. `make bench` runs the same as section 11.
 bench-relay: venv model
 	$(call install_missing,$(RELAY_PACKAGES))
 	@[ -x /usr/sbin/nginx ] || { echo "bench-relay: install nginx first: apt-get install nginx-light" >&2; exit 2; }

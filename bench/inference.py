@@ -9,6 +9,7 @@ are returned; :mod:`bench.report` turns them into medians and percentiles.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from bench.procs import (
     cpu_seconds,
     engine_children,
     http_status,
+    process_cpu_seconds,
     thread_cpu_seconds,
     wait_until,
 )
@@ -75,8 +77,13 @@ def single_stream(
             "tokens": 0,
             "proxy_cpu_s": 0.0,
             "proxy_thread_cpu_s": 0.0,
+            # The proxy's process CPU clock (ended threads too): what compares the daemon's
+            # worker with the bare relay, which starts a thread per connection.
+            "proxy_process_cpu_s": 0.0,
             "engine_cpu_s": 0.0,
             "round_mean_tps": [],
+            # Per round, the median of that round's TTFT probes: paired B-A differences.
+            "round_ttft_p50_s": [],
         }
         for s in subjects
     }
@@ -89,6 +96,7 @@ def single_stream(
             proxy, engine = subject.proxy_pid(), subject.engine_pid()
             proxy_before, engine_before = cpu_seconds(proxy), cpu_seconds(engine)
             threads_before = thread_cpu_seconds(proxy)
+            process_before = process_cpu_seconds(proxy)
             rates = []
             for request_index in range(gen_requests):
                 result = stream_chat(
@@ -106,8 +114,10 @@ def single_stream(
                     _note_error(entry["errors"], result)
             entry["proxy_cpu_s"] += cpu_seconds(proxy) - proxy_before
             entry["proxy_thread_cpu_s"] += thread_cpu_seconds(proxy) - threads_before
+            entry["proxy_process_cpu_s"] += process_cpu_seconds(proxy) - process_before
             entry["engine_cpu_s"] += cpu_seconds(engine) - engine_before
             entry["round_mean_tps"].append(sum(rates) / len(rates) if rates else 0.0)
+        round_ttft: dict[str, list[float]] = {s.target.key: [] for s in subjects}
         for probe in range(ttft_probes):
             for subject in rotated(order, probe):
                 entry = data[subject.target.key]
@@ -116,9 +126,12 @@ def single_stream(
                 )
                 if result.ok:
                     entry["ttft_s"].append(result.ttft)
+                    round_ttft[subject.target.key].append(result.ttft)
                 else:
                     entry["error_count"] += 1
                     _note_error(entry["errors"], result)
+        for key, samples in round_ttft.items():
+            data[key]["round_ttft_p50_s"].append(statistics.median(samples) if samples else None)
         summary = ", ".join(f"{key} {d['round_mean_tps'][-1]:.1f} tok/s" for key, d in data.items())
         log(f"  round {round_index + 1}/{rounds}: {summary}")
     return data
@@ -155,6 +168,51 @@ def _wait_router_unloaded(router_address: str, model: str, router_pid: int) -> N
         raise BenchError("the router still lists the model as loaded after /models/unload")
 
 
+def bare_spawn(
+    spawn_direct: Callable[[int], tuple[Any, str]],
+    stop_direct: Callable[[Any], None],
+    template: Target,
+    repeat: int,
+) -> dict[str, Any]:
+    """Spawn a cold llama-server (A), time it to ready and to its first token, then stop it.
+
+    Poll ``/health`` every 5 ms until 200 (spawn-to-ready), send the first request (spawn to
+    first token: the same first, uncached request a daemon's cold start serves) and
+    :data:`WARM_PROBES` more (A's warm TTFT). Returns the timings in seconds, or ``error``
+    alone when the first request failed.
+
+    Raises:
+        BenchError: The server exited or did not become ready.
+    """
+    began = time.monotonic()
+    proc, address = spawn_direct(repeat)
+    try:
+        ready = wait_until(
+            lambda: proc.poll() is not None or http_status(address, "/health") == 200,
+            timeout=COLD_READY_TIMEOUT_SECONDS,
+            interval=SPAWN_POLL_SECONDS,
+        )
+        ready_at = time.monotonic()
+        if not ready or proc.poll() is not None:
+            raise BenchError(f"cold llama-server did not become ready on {address}")
+        target = Target(template.key, template.label, address, template.chat_path, template.model)
+        result = stream_chat(target, prompt=PROMPTS[0], max_tokens=1, seed=SEED)
+        warm = [
+            stream_chat(target, prompt=PROMPTS[0], max_tokens=1, seed=SEED)
+            for _ in range(WARM_PROBES)
+        ]
+    finally:
+        stop_direct(proc)
+    if not result.ok:
+        return {"error": result.error[:200]}
+    return {
+        "ready_s": ready_at - began,
+        "first_request_ttft_s": result.ttft,
+        "first_token_s": result.started + result.ttft - began,
+        "warm_ttft_s": [probe.ttft for probe in warm if probe.ok],
+    }
+
+
 def cold_start(
     *,
     targets: dict[str, Target],
@@ -185,36 +243,14 @@ def cold_start(
     for repeat in range(repeats):
         for key in rotated(["A", "B", "C"], repeat):  # type: ignore[arg-type]
             if key == "A":
-                began = time.monotonic()
-                proc, address = spawn_direct(repeat)
-                try:
-                    ready = wait_until(
-                        lambda proc=proc, address=address: (
-                            proc.poll() is not None or http_status(address, "/health") == 200
-                        ),
-                        timeout=COLD_READY_TIMEOUT_SECONDS,
-                        interval=SPAWN_POLL_SECONDS,
-                    )
-                    ready_at = time.monotonic()
-                    if not ready or proc.poll() is not None:
-                        raise BenchError(f"cold llama-server did not become ready on {address}")
-                    target = Target(
-                        "A", "direct", address, targets["A"].chat_path, targets["A"].model
-                    )
-                    result = stream_chat(target, prompt=PROMPTS[0], max_tokens=1, seed=SEED)
-                    warm = [
-                        stream_chat(target, prompt=PROMPTS[0], max_tokens=1, seed=SEED)
-                        for _ in range(WARM_PROBES)
-                    ]
-                finally:
-                    stop_direct(proc)
-                if result.ok:
-                    data["A_spawn_to_ready_s"].append(ready_at - began)
-                    data["A_first_request_ttft_s"].append(result.ttft)
-                    data["A_spawn_to_first_token_s"].append(result.started + result.ttft - began)
-                    data["A_warm_ttft_s"].extend(probe.ttft for probe in warm if probe.ok)
+                spawn = bare_spawn(spawn_direct, stop_direct, targets["A"], repeat)
+                if "error" in spawn:
+                    data["errors"].append(f"A: {spawn['error']}")
                 else:
-                    data["errors"].append(f"A: {result.error[:200]}")
+                    data["A_spawn_to_ready_s"].append(spawn["ready_s"])
+                    data["A_first_request_ttft_s"].append(spawn["first_request_ttft_s"])
+                    data["A_spawn_to_first_token_s"].append(spawn["first_token_s"])
+                    data["A_warm_ttft_s"].extend(spawn["warm_ttft_s"])
             elif key == "B":
                 _wait_daemon_unloaded(targets["B"].address, daemon_runner_pid)
                 result = stream_chat(targets["B"], prompt=PROMPTS[0], max_tokens=1, seed=SEED)
@@ -259,6 +295,7 @@ def concurrency(
                 "wall_s": 0.0,
                 "proxy_cpu_s": 0.0,
                 "proxy_thread_cpu_s": 0.0,
+                "proxy_process_cpu_s": 0.0,
                 "engine_cpu_s": 0.0,
             }
         for round_index in range(rounds):
@@ -268,6 +305,7 @@ def concurrency(
                 proxy, engine = subject.proxy_pid(), subject.engine_pid()
                 proxy_before, engine_before = cpu_seconds(proxy), cpu_seconds(engine)
                 threads_before = thread_cpu_seconds(proxy)
+                process_before = process_cpu_seconds(proxy)
                 results, wall = burst(
                     subject.target,
                     clients=level,
@@ -277,6 +315,7 @@ def concurrency(
                 )
                 entry["proxy_cpu_s"] += cpu_seconds(proxy) - proxy_before
                 entry["proxy_thread_cpu_s"] += thread_cpu_seconds(proxy) - threads_before
+                entry["proxy_process_cpu_s"] += process_cpu_seconds(proxy) - process_before
                 entry["engine_cpu_s"] += cpu_seconds(engine) - engine_before
                 good = [result for result in results if result.ok]
                 tokens = sum(result.tokens for result in good)

@@ -13,6 +13,7 @@ import http.client
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import psutil
 from orchestrator.unixhttp import open_connection
 
 # The same loopback helpers the test suite uses (re-exported for the bench modules).
-from tests.support.processes import free_port, wait_until  # noqa: F401
+from tests.support.processes import free_port, is_gone, wait_until  # noqa: F401
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 HTTP_PROBE_TIMEOUT_SECONDS = 1.0
@@ -71,6 +72,22 @@ def thread_cpu_seconds(pid: int | None) -> float:
         except (OSError, ValueError, IndexError):
             continue
     return total / 1e9
+
+
+def process_cpu_seconds(pid: int | None) -> float:
+    """Return the CPU time of the whole process ``pid`` in nanosecond precision, ended threads too.
+
+    Linux's per-process CPU clock (``clock_getcpuclockid(pid)``: ``(~pid << 3) | 2``) sums the
+    scheduler's run time of every thread the process has had; a relay that starts a thread per
+    connection needs it, since ``schedstat`` forgets threads that ended. Falls back to
+    :func:`cpu_seconds` (10 ms ticks) where the clock cannot be read.
+    """
+    if pid is None:
+        return 0.0
+    try:
+        return time.clock_gettime((~pid << 3) | 2)
+    except OSError:
+        return cpu_seconds(pid)
 
 
 def _status_kib(pid: int | None, key: str) -> int:

@@ -139,6 +139,21 @@ def run_wrk(url: str, streams: int, seconds: int, script: Path) -> tuple[int, fl
     return answers, elapsed, errors
 
 
+def missing_tools() -> list[str]:
+    """Return the tools this section needs that the machine lacks (wrk, nginx, cc)."""
+    return [
+        tool
+        for tool in ("wrk", "nginx", "cc")
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()
+    ]
+
+
+def engine_cache() -> Path:
+    """Return where the compiled synthetic engine is kept."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "model-runner"
+    return cache / "bench"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", default="1,16,64,256")
@@ -146,19 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--model", default="", help="GGUF for the daemon's store (DMR_TEST_MODEL)")
     args = parser.parse_args(argv)
-    for tool in ("wrk", "nginx", "cc"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            raise SystemExit(f"{tool} is not installed (apt-get install wrk nginx-light gcc)")
+    missing = missing_tools()
+    if missing:
+        needed = "apt-get install wrk nginx-light gcc"
+        raise SystemExit(f"not installed: {', '.join(missing)} ({needed})")
     levels = [int(x) for x in args.streams.split(",")]
     gguf = Path(args.model or os.environ.get("DMR_TEST_MODEL", ""))
     if not gguf.is_file():
         raise SystemExit("set DMR_TEST_MODEL to the SmolLM2 GGUF (bin/provision-model)")
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "model-runner"
-    engine_dir = build_engine(cache / "bench")
+    engine_dir = build_engine(engine_cache())
     with tempfile.TemporaryDirectory(prefix="relay-", dir="/tmp") as scratch:
         ws = Workspace(Path(scratch), engine_dir / "llama-server", gguf)
         try:
-            rows = _measure(ws, levels, args)
+            rows = measure(ws, levels, seconds=args.seconds, tokens=args.tokens)
         finally:
             for note in ws.procs.stop_all():
                 print(f"note: {note}", file=sys.stderr)
@@ -166,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _measure(ws: Workspace, levels: list[int], args: argparse.Namespace) -> list[Row]:
+def measure(ws: Workspace, levels: list[int], *, seconds: int, tokens: int) -> list[Row]:
+    """Load direct, nginx and the daemon with wrk at each stream count, in rotating order.
+
+    ``ws.engine`` is the synthetic engine; every process started goes to ``ws.procs`` (the
+    caller stops them).
+    """
     engine = ws.engine
     direct_port, nginx_port = free_port(), free_port()
     direct = ws.procs.spawn([str(engine), "--host", "127.0.0.1", "--port", str(direct_port)],
@@ -192,7 +212,7 @@ def _measure(ws: Workspace, levels: list[int], args: argparse.Namespace) -> list
         "nginx": f"http://127.0.0.1:{nginx_port}{CHAT_PATHS['nginx']}",
         "daemon": f"http://{daemon.address}{CHAT_PATHS['daemon']}",
     }
-    script = wrk_script(ws.scratch, args.tokens)
+    script = wrk_script(ws.scratch, tokens)
     # The daemon's first request starts its runner: not part of any window.
     run_wrk(urls["daemon"], 1, 2, script)
     def relay_pids(name: str) -> list[int]:
@@ -208,14 +228,14 @@ def _measure(ws: Workspace, levels: list[int], args: argparse.Namespace) -> list
         for name in order[index % 3 :] + order[: index % 3]:
             pids = relay_pids(name)
             before = sum(cpu_seconds(pid) for pid in pids)
-            answers, elapsed, errors = run_wrk(urls[name], streams, args.seconds, script)
+            answers, elapsed, errors = run_wrk(urls[name], streams, seconds, script)
             used = sum(cpu_seconds(pid) for pid in pids) - before
-            tokens = answers * args.tokens
+            relayed = answers * tokens
             rows.append(Row(
-                name, streams, tokens / elapsed, answers / elapsed, errors,
-                used * 1e6 / tokens if pids and tokens else None,
+                name, streams, relayed / elapsed, answers / elapsed, errors,
+                used * 1e6 / relayed if pids and relayed else None,
             ))  # fmt: skip
-            print(f"{name} x{streams}: {tokens / elapsed:,.0f} tokens/s", file=sys.stderr)
+            print(f"{name} x{streams}: {relayed / elapsed:,.0f} tokens/s", file=sys.stderr)
     return rows
 
 

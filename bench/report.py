@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 KEYS = ("A", "B", "C")
-LABELS = {"A": "A direct", "B": "B daemon", "C": "C router"}
-COLORS = {"A": "#4c72b0", "B": "#dd8452", "C": "#55a868"}
+LABELS = {"A": "A direct", "B": "B daemon", "C": "C router", "D": "D bare relay"}
+COLORS = {"A": "#4c72b0", "B": "#dd8452", "C": "#55a868", "D": "#8172b3"}
+# D (section 9's bare Python relay) joins sections 1 and 4 only when section 9 runs.
+OPTIONAL_KEYS = ("D",)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -316,7 +318,8 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                 _fmt(ttft[k]["p90_ms"], 2),
                 gen[k]["errors"],
             ]
-            for k in KEYS
+            for k in (*KEYS, *OPTIONAL_KEYS)
+            if k in gen
         ]
         parts.append(
             "**1-2. Single stream** (generation tokens/s; warm time to first token)\n\n"
@@ -329,7 +332,8 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             f"Tokens/s B/A {_fmt(gen['ratio_B_A'], 3)} "
             f"(paired by round {_fmt(gen['paired_ratio_B_A'], 3)}), "
             f"C/A {_fmt(gen['ratio_C_A'], 3)} (paired {_fmt(gen['paired_ratio_C_A'], 3)}); "
-            f"TTFT B-A p50 {_fmt(ttft['B_minus_A_median_ms'], 2)} ms, "
+            f"TTFT B-A p50 {_fmt(ttft['B_minus_A_median_ms'], 2)} ms (paired by round "
+            f"{_fmt(ttft.get('paired_B_minus_A_p50_ms', math.nan), 2)} ms), "
             f"p90 {_fmt(ttft['B_minus_A_p90_ms'], 2)} ms; "
             f"C-A p50 {_fmt(ttft['C_minus_A_median_ms'], 2)} ms, "
             f"p90 {_fmt(ttft['C_minus_A_p90_ms'], 2)} ms."
@@ -373,6 +377,8 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         )
     if "4_concurrency" in summary:
         rows = []
+        first = next(iter(summary["4_concurrency"].values()), {})
+        shown = [k for k in (*KEYS, *OPTIONAL_KEYS) if k in first]
         for level, row in summary["4_concurrency"].items():
             rows.append(
                 [level]
@@ -380,14 +386,14 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                     f"{_fmt(row[k]['aggregate_tps_median'])} / "
                     f"{row[k]['errors']}/{row[k]['requests']} / "
                     f"{_fmt(row[k]['ttft_p99_ms'], 0)}"
-                    for k in KEYS
+                    for k in shown
                 ]
                 + [_fmt(row["paired_ratio_B_A"], 3), _fmt(row["paired_ratio_C_A"], 3)]
             )
         parts.append(
             "**4. Concurrent streams** (aggregate tok/s p50 / errors/requests / TTFT p99 ms; "
             "ratios paired by round)\n\n"
-            + _table(["clients", LABELS["A"], LABELS["B"], LABELS["C"], "B/A", "C/A"], rows)
+            + _table(["clients", *(LABELS[k] for k in shown), "B/A", "C/A"], rows)
         )
     proxy = summary.get("5_proxy_cpu", {})
     if proxy.get("daemon_worker"):
@@ -468,7 +474,8 @@ def render(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         ]
         for t in summary.get("targets", [])
     ]
-    parts.append("**Targets**\n\n" + _table(["target", "measured", "goal", "met"], rows))
+    if rows:
+        parts.append("**Targets**\n\n" + _table(["target", "measured", "goal", "met"], rows))
     return "\n\n".join(parts) + "\n"
 
 

@@ -4,8 +4,9 @@
  * proxy's.
  *
  * It takes llama-server's argv (only --host PATH.sock or --host ADDR --port N matter; every other
- * flag is ignored; --version prints a version line) and speaks HTTP/1.1 with keep-alive on a
- * Unix socket (--host ending in .sock) or TCP:
+ * flag is ignored; --version prints a version line) and speaks HTTP/1.1 with keep-alive (closing
+ * after the answer when the request says "Connection: close", as llama-server does) on a Unix
+ * socket (--host ending in .sock) or TCP:
  *
  *   GET  /health                 200 {"status":"ok"}
  *   GET  anything else           200 {}
@@ -40,6 +41,7 @@ struct conn {
     size_t in_len, in_cap;
     char *out;       /* answer bytes not yet written */
     size_t out_len, out_off, out_cap;
+    int close_after; /* the request asked "Connection: close": close once the answer is out */
 };
 
 static int default_tokens = 128;
@@ -119,6 +121,9 @@ static int handle_requests(struct conn *c) {
             char *eol = memmem(line, (size_t)(end - line) + 2, "\r\n", 2);
             if (!eol) break;
             if (strncasecmp(line, "Content-Length:", 15) == 0) body_len = strtoul(line + 15, NULL, 10);
+            /* llama-server (cpp-httplib) honours it, and the daemon's /health probe reads
+               until the engine closes. */
+            if (strncasecmp(line, "Connection: close", 17) == 0) c->close_after = 1;
             line = eol + 2;
         }
         if (c->in_len < head_len + body_len) return 0;
@@ -132,6 +137,7 @@ static int handle_requests(struct conn *c) {
         size_t used = head_len + body_len;
         memmove(c->in, c->in + used, c->in_len - used);
         c->in_len -= used;
+        if (c->close_after) return 0;
     }
 }
 
@@ -228,7 +234,8 @@ int main(int argc, char **argv) {
                 if (!failed && handle_requests(c) < 0) failed = 1;
             }
             if (!failed && flush_out(c) < 0) failed = 1;
-            if (failed || (events[i].events & (EPOLLHUP | EPOLLERR) && c->out_len == 0)) close_conn(ep, c);
+            int done = c->close_after && c->out_len == 0;
+            if (failed || done || (events[i].events & (EPOLLHUP | EPOLLERR) && c->out_len == 0)) close_conn(ep, c);
         }
     }
     if (strlen(host) > 5 && strcmp(host + strlen(host) - 5, ".sock") == 0) unlink(host);

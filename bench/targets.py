@@ -44,15 +44,26 @@ class Workspace:
         engine: The ``llama-server`` executable.
         model_gguf: The SmolLM2 GGUF file.
         procs: Every process started so far.
+        daemon_source: Another checkout of the repository whose ``orchestrator`` package the
+            daemons run (``--daemon-source``), for before/after comparisons with this harness;
+            ``None``: this checkout's, through the venv's console script.
     """
 
     scratch: Path
     engine: Path
     model_gguf: Path
     procs: ProcessSet = field(default_factory=ProcessSet)
+    daemon_source: Path | None = None
 
     def model_runner_command(self) -> list[str]:
-        """Return the ``model-runner`` console script of this venv (module form as fallback)."""
+        """Return the ``model-runner`` console script of this venv (module form as fallback).
+
+        With :attr:`daemon_source`, ``python -P -m orchestrator`` of this venv: the environment
+        (:meth:`base_environment`) puts that checkout first on ``PYTHONPATH``.
+        """
+        if self.daemon_source is not None:
+            # -P: "python -m" would put the working directory (this checkout) first.
+            return [sys.executable, "-P", "-m", "orchestrator"]
         script = Path(sys.executable).parent / "model-runner"
         if script.is_file():
             return [str(script)]
@@ -78,6 +89,10 @@ class Workspace:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.daemon_source is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                part for part in (str(self.daemon_source), env.get("PYTHONPATH", "")) if part
+            )
         return env
 
 
@@ -123,8 +138,13 @@ def package_model(ws: Workspace, models_path: Path, tags: tuple[str, ...] = MODE
         raise BenchError(f"model-runner package failed: {done.stderr.decode(errors='replace')}")
 
 
-def start_daemon(ws: Workspace, name: str, models_path: Path) -> Daemon:
-    """Start ``model-runner serve`` on a free loopback port with ``models_path`` as its store."""
+def start_daemon(
+    ws: Workspace, name: str, models_path: Path, *, ready_interval: float = 0.05
+) -> Daemon:
+    """Start ``model-runner serve`` on a free loopback port with ``models_path`` as its store.
+
+    Returns once ``GET /version`` answers, polled every ``ready_interval`` seconds.
+    """
     base = ws.scratch / name
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -142,13 +162,25 @@ def start_daemon(ws: Workspace, name: str, models_path: Path) -> Daemon:
     proc = ws.procs.spawn([*ws.model_runner_command(), "serve"], log_path=log_path, env=env)
     daemon = Daemon(proc, port, base, models_path, log_path)
     wait_http_ready(
-        proc, daemon.address, "/version", timeout=READY_TIMEOUT_SECONDS, log_path=log_path
+        proc,
+        daemon.address,
+        "/version",
+        timeout=READY_TIMEOUT_SECONDS,
+        log_path=log_path,
+        interval=ready_interval,
     )
     return daemon
 
 
-def direct_argv(ws: Workspace, models_path: Path, socket_path: Path) -> list[str]:
-    """Return the argv the daemon's scheduler would use for the model, on ``socket_path``."""
+def direct_argv(
+    ws: Workspace, models_path: Path, socket_path: Path, mode: str = "completion"
+) -> list[str]:
+    """Return the argv the daemon's scheduler would use for the model, on ``socket_path``.
+
+    Args:
+        mode: ``completion`` (chat) or ``embedding`` (``/v1/embeddings``; the scheduler adds
+            ``--embeddings --pooling <model's or mean>``).
+    """
     from orchestrator.runners.llamacpp import build_argv
     from orchestrator.settings import Config
     from orchestrator.store.store import Store
@@ -161,12 +193,32 @@ def direct_argv(ws: Workspace, models_path: Path, socket_path: Path) -> list[str
     return build_argv(
         engine_path=ws.engine,
         bundle=store.bundle(record),
-        mode="completion",
+        mode=mode,
         socket_path=socket_path,
         settings=None,
         default_context_size=config.default_context_size,
         prompt_cache_mib=config.prompt_cache_mib,
     )
+
+
+def live_argv(runner_pid: int | None, socket_path: Path) -> list[str] | None:
+    """Return the command line of a daemon's running runner with ``--host socket_path``.
+
+    The scheduler sizes some flags from its memory estimate (``--cache-ram`` from the KV cache
+    size), which :func:`direct_argv` does not redo; copying the live runner's argv gives A
+    exactly what the daemon runs. ``None`` when there is no such process.
+    """
+    if runner_pid is None:
+        return None
+    try:
+        raw = Path(f"/proc/{runner_pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    argv = [part.decode() for part in raw.split(b"\0") if part]
+    if "--host" not in argv:
+        return None
+    argv[argv.index("--host") + 1] = str(socket_path)
+    return argv
 
 
 def spawn_direct(ws: Workspace, argv: list[str], name: str) -> subprocess.Popen[bytes]:
@@ -189,6 +241,20 @@ def start_direct(
         timeout=READY_TIMEOUT_SECONDS,
         log_path=ws.scratch / "logs" / f"{name}.log",
     )
+    return proc, address
+
+
+def start_bare_relay(ws: Workspace, upstream_socket: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start :mod:`bench.bare_relay` in front of ``upstream_socket``; return it and its address."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log_path = ws.scratch / "logs" / "bare-relay.log"
+    argv = [sys.executable, "-m", "bench.bare_relay", "--listen", address]
+    argv += ["--upstream", upstream_socket]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = ws.procs.spawn(argv, log_path=log_path, env=env)
+    # The relay forwards /health like any request: ready means the engine answers through it.
+    wait_http_ready(proc, address, "/health", timeout=READY_TIMEOUT_SECONDS, log_path=log_path)
     return proc, address
 
 

@@ -108,6 +108,27 @@ class _FormatError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class SkippedArray:
+    """A metadata array read past without decoding it (``read_gguf(max_array_elements=...)``).
+
+    Its structure was checked (every string's length against the file) but its elements were
+    not built: a tokenizer's 50,000 to 250,000 strings cost a Python loop each, which readers
+    that only need the model's shape do not pay.
+
+    Attributes:
+        element_type: The type of its elements.
+        count: How many elements it has.
+    """
+
+    element_type: ValueType
+    count: int
+
+    def __len__(self) -> int:
+        """Return the number of elements, as the decoded list would."""
+        return self.count
+
+
+@dataclasses.dataclass(frozen=True)
 class TensorInfo:
     """One tensor's header entry.
 
@@ -151,7 +172,8 @@ class GGUFInfo:
         path: The file that was read.
         version: GGUF format version (2 or 3).
         metadata: Every key/value pair, typed: ``int``, ``float``, ``bool``, ``str`` or
-            ``list`` (nested for arrays of arrays).
+            ``list`` (nested for arrays of arrays); a :class:`SkippedArray` for an array the
+            caller asked not to decode.
         tensors: Tensor infos, in file order.
         header_bytes: Offset where the tensor infos end (before alignment padding).
         data_offset: Offset of the tensor data section (``header_bytes`` aligned).
@@ -372,14 +394,50 @@ class _Reader:
         self._pos += n
         return data
 
-    def string(self, what: str, limit: int = _MAX_STRING_BYTES) -> str:
+    def skip(self, n: int, what: str) -> None:
+        if n > self.remaining:
+            raise _FormatError(
+                f"is truncated: {what} at byte {self.offset} needs {n} bytes but the file "
+                f"ends at byte {self._size}"
+            )
+        if self._pos + n <= len(self._buf):
+            self._pos += n
+            return
+        target = self.offset + n
+        self._file.seek(target)
+        self._base, self._buf, self._pos = target, b"", 0
+
+    def _string_length(self, what: str, limit: int) -> int:
         (length,) = self.unpack(_U64, what)
         if length > limit or length > self.remaining:
             raise _FormatError(
                 f"is corrupt or truncated: {what} at byte {self.offset - 8} claims {length} bytes "
                 f"(the file has {self.remaining} left)"
             )
-        return _decode(self.take(length, what))
+        return int(length)
+
+    def string(self, what: str, limit: int = _MAX_STRING_BYTES) -> str:
+        return _decode(self.take(self._string_length(what, limit), what))
+
+    def skip_strings(self, count: int, what: str, limit: int = _MAX_STRING_BYTES) -> None:
+        """Read past ``count`` strings, checking each length as :meth:`string` does."""
+        unpack_length = _U64.unpack_from
+        left = count
+        while left:
+            # PERF: the strings that lie wholly inside the buffer are hopped over in this
+            # tight loop (no method call per string): 50,000 tokens in about 10 ms.
+            buf, pos, end = self._buf, self._pos, len(self._buf)
+            while left and pos + 8 <= end:
+                (length,) = unpack_length(buf, pos)
+                if length > limit or pos + 8 + length > end:
+                    break
+                pos += 8 + length
+                left -= 1
+            self._pos = pos
+            if left:
+                # One string crosses the buffer's end (or is too long): the checked path.
+                self.skip(self._string_length(what, limit), what)
+                left -= 1
 
 
 def _decode(raw: bytes) -> str:
@@ -398,7 +456,14 @@ def _value_type(raw: int, what: str) -> ValueType:
         raise _FormatError(f"is corrupt: {what} has unknown value type {raw}") from None
 
 
-def _read_value(reader: _Reader, vtype: ValueType, what: str, depth: int = 0) -> Any:
+def _read_value(
+    reader: _Reader,
+    vtype: ValueType,
+    what: str,
+    depth: int = 0,
+    max_elements: int | None = None,
+) -> Any:
+    """Return one value; arrays longer than ``max_elements`` become :class:`SkippedArray`."""
     scalar = _SCALARS.get(vtype)
     if scalar is not None:
         return reader.unpack(scalar, what)[0]
@@ -415,12 +480,21 @@ def _read_value(reader: _Reader, vtype: ValueType, what: str, depth: int = 0) ->
             f"is corrupt or truncated: {what} claims an array of {count} elements "
             f"(the file has {reader.remaining} bytes left)"
         )
+    if max_elements is not None and count > max_elements:
+        if element is not None:
+            reader.skip(count * element.size, what)
+        elif sub is ValueType.STRING:
+            reader.skip_strings(count, what)
+        else:
+            for _ in range(count):
+                _read_value(reader, sub, what, depth + 1, 0)
+        return SkippedArray(sub, count)
     if element is not None:
         data = reader.take(count * element.size, what)
         return list(struct.unpack(f"<{count}{_SCALAR_FORMATS[sub]}", data))
     if sub is ValueType.STRING:
         return [reader.string(what) for _ in range(count)]
-    return [_read_value(reader, sub, what, depth + 1) for _ in range(count)]
+    return [_read_value(reader, sub, what, depth + 1, max_elements) for _ in range(count)]
 
 
 def _read_header(reader: _Reader) -> tuple[int, int, int]:
@@ -467,7 +541,9 @@ def _read_tensor(reader: _Reader, index: int) -> TensorInfo:
     return TensorInfo(name=name, dims=tuple(dims), ggml_type=ggml_type, offset=offset)
 
 
-def _parse(fileobj: IO[bytes], path: Path, size: int) -> GGUFInfo:
+def _parse(
+    fileobj: IO[bytes], path: Path, size: int, max_array_elements: int | None = None
+) -> GGUFInfo:
     reader = _Reader(fileobj, size)
     version, tensor_count, kv_count = _read_header(reader)
     metadata: dict[str, Any] = {}
@@ -475,7 +551,9 @@ def _parse(fileobj: IO[bytes], path: Path, size: int) -> GGUFInfo:
         key = reader.string(f"metadata key {index}", _MAX_KEY_BYTES)
         (raw_type,) = reader.unpack(_U32, f"metadata '{key}'")
         vtype = _value_type(raw_type, f"metadata '{key}'")
-        metadata[key] = _read_value(reader, vtype, f"metadata '{key}'")
+        metadata[key] = _read_value(
+            reader, vtype, f"metadata '{key}'", max_elements=max_array_elements
+        )
     tensors = tuple(_read_tensor(reader, index) for index in range(tensor_count))
     header_bytes = reader.offset
     alignment = _as_int(metadata.get("general.alignment")) or DEFAULT_ALIGNMENT
@@ -501,11 +579,14 @@ def _parse(fileobj: IO[bytes], path: Path, size: int) -> GGUFInfo:
     )
 
 
-def read_gguf(path: Path) -> GGUFInfo:
+def read_gguf(path: Path, *, max_array_elements: int | None = None) -> GGUFInfo:
     """Read the header, metadata and tensor infos of a GGUF file.
 
     Args:
         path: The GGUF file (one shard of a sharded model is one file).
+        max_array_elements: Metadata arrays longer than this are checked but not decoded:
+            their value is a :class:`SkippedArray` (``None``: decode every array). Decoding
+            a tokenizer's vocabulary and merges is most of the time a full read takes.
 
     Returns:
         The parsed header; tensor data is never read.
@@ -518,7 +599,7 @@ def read_gguf(path: Path) -> GGUFInfo:
     try:
         with open(path, "rb", buffering=0) as fileobj:
             size = os.fstat(fileobj.fileno()).st_size
-            return _parse(fileobj, path, size)
+            return _parse(fileobj, path, size, max_array_elements)
     except _FormatError as ex:
         raise InvalidModelFileError(f"model file '{path}' {ex}") from None
     except FileNotFoundError:

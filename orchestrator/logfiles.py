@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import logging.handlers
 import os
@@ -53,7 +54,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 from orchestrator.errors import ConfigError
 
@@ -76,8 +77,14 @@ def format_timestamp(ns: int | None = None) -> str:
     if ns is None:
         ns = time.time_ns()
     seconds, fraction = divmod(ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{fraction:09d}Z"
+    return f"{_whole_seconds(seconds)}.{fraction:09d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _whole_seconds(seconds: int) -> str:
+    # Every log line formats a time; lines come in bursts within the same second, and
+    # strftime was a visible share of the access log's cost per request (issue 18).
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def format_rfc3339(seconds: float) -> str:
@@ -101,13 +108,20 @@ class LineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Format ``record`` as one prefixed line (plus indented traceback lines)."""
+        # The console and the log file both format each record: once is enough.
+        cached = record.__dict__.get("_dmr_line")
+        if cached is not None:
+            return cast(str, cached)
         message = record.getMessage()
         if record.exc_info:
             message = f"{message}\n{self.formatException(record.exc_info)}"
         stamp = format_timestamp(int(record.created * 1_000_000_000))
         first, *rest = message.splitlines() or [""]
         line = f"[{stamp}] level={record.levelname.lower()} logger={record.name} {first}"
-        return "\n".join([line, *("    " + extra for extra in rest)])
+        if rest:
+            line = "\n".join([line, *("    " + extra for extra in rest)])
+        record.__dict__["_dmr_line"] = line
+        return line
 
 
 def backup_path(path: Path, number: int) -> Path:

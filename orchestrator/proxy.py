@@ -1,22 +1,23 @@
 """Forward one request to a runner's llama-server and stream the answer back.
 
 :func:`forward` sends the client's body bytes unchanged (path rewritten to ``/v1/...``,
-``Host: localhost``, explicit ``Content-Length``) over the runner's Unix socket with
-:mod:`http.client`, copies the status and the end-to-end headers (hop-by-hop headers and any
-``Access-Control-*`` header of the engine are dropped) and sets a :class:`ProxyStream` as
-``resp.stream``. The stream owns the lease from then on: it is released when the last byte is
-sent *or* when the client goes away (gunicorn closes the iterable after a failed write); the
-upstream connection is shut down at once, so llama-server stops generating.
+``Host: localhost``, explicit ``Content-Length``) on a kept-alive connection to the runner
+(:mod:`orchestrator.runner_connections`), copies the status and the end-to-end headers
+(hop-by-hop headers and any ``Access-Control-*`` header of the engine are dropped) and sets a
+:class:`ProxyStream` as ``resp.stream``. The stream owns the lease from then on: it is released
+when the last byte is sent *or* when the client goes away; then the upstream connection is shut
+down at once, so llama-server stops generating. An answer read to its end leaves its connection
+in the pool for the next request.
 
-This is the hot path (measured on 2 cores: a thread-per-stream relay costs about 120 ms of CPU
-per 1000 tokens, README's Performance section): per token one ``recv`` (no ``poll``: see the
-``io_timeout`` of :class:`~orchestrator.unixhttp.UnixHTTPConnection`), a few slices in
-:func:`dechunker`, one ``yield``; no logging, no clock reads, no locks per chunk.
+This is the hot path. The front door (:mod:`orchestrator.httpserver.worker`) asks the stream to
+:meth:`~ProxyStream.pass_through`: per ``recv`` from the engine one walk over the chunk-size
+lines (:func:`~orchestrator.chunked.scan_chunks`) and one ``send`` to the client, the engine's
+chunked framing kept as it is; no logging, no clock reads, no locks per chunk. Iterating the
+stream (payloads, de-chunked) remains for the code that needs them.
 """
 
 from __future__ import annotations
 
-import functools
 import http.client
 import json
 import logging
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from orchestrator import unixhttp
 from orchestrator.api.faces import Face, error_document
+from orchestrator.chunked import MAX_HELD_BYTES, IncompleteBody, dechunker, scan_chunks
 from orchestrator.errors import (
     EngineRejectedError,
     InvalidRequestError,
@@ -36,6 +38,12 @@ from orchestrator.errors import (
     RunnerCrashedError,
     RunnerTimeoutError,
     ServiceUnavailableError,
+)
+from orchestrator.runner_connections import (
+    ConnectionPool,
+    ResponseHead,
+    RunnerConnection,
+    nothing_received,
 )
 
 if TYPE_CHECKING:
@@ -50,8 +58,6 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 # minutes before the first token, so the limit is generous.
 READ_TIMEOUT_SECONDS = 600.0
 READ_SIZE = 65536
-# An SSE event bigger than this without a blank line is passed on anyway.
-MAX_HELD_BYTES = 1024 * 1024
 
 HOP_BY_HOP = frozenset(
     {
@@ -100,6 +106,8 @@ class Abortable(Protocol):
 # The request recorder's follow streams register here too, to end at shutdown.
 _active: set[Abortable] = set()
 _active_lock = threading.Lock()
+# Kept-alive connections to the runners, shared by every request of this worker.
+_pool = ConnectionPool()
 
 
 def track_stream(stream: Abortable) -> None:
@@ -175,12 +183,12 @@ def _request_headers(req: falcon.Request) -> list[tuple[str, str]]:
     ]
 
 
-def _response_headers(upstream: http.client.HTTPResponse) -> list[tuple[str, str]]:
+def _response_headers(head: ResponseHead) -> list[tuple[str, str]]:
     connection_tokens = {
-        token.strip().lower() for token in (upstream.getheader("Connection") or "").split(",")
+        token.strip().lower() for token in (head.header("Connection") or "").split(",")
     }
     kept = []
-    for name, value in upstream.getheaders():
+    for name, value in head.headers:
         lower = name.lower()
         if lower in _DROP_RESPONSE or lower in connection_tokens:
             continue
@@ -188,6 +196,82 @@ def _response_headers(upstream: http.client.HTTPResponse) -> list[tuple[str, str
             continue
         kept.append((name, value))
     return kept
+
+
+def _request_bytes(method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """Return a whole HTTP/1.1 request (gunicorn already refused header values with CR or LF)."""
+    lines = [f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "".join(lines).encode("latin-1") + body
+
+
+def exchange(address: str, request: bytes) -> tuple[RunnerConnection, ResponseHead]:
+    """Send ``request`` to the runner at ``address`` and read the answer's head.
+
+    A kept-alive connection the engine closed while it idled fails on first use; then, and
+    only when the engine cannot have read the request, it is sent once more on a new one.
+
+    Raises:
+        OSError: The runner could not be reached, died or sent no head in time
+            (``BlockingIOError``/``TimeoutError``), or sent no HTTP
+            (:class:`~orchestrator.runner_connections.MalformedAnswer`).
+    """
+    conn = _pool.take(address, CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)
+    try:
+        conn.send(request)
+        return conn, conn.read_head()
+    except OSError as ex:
+        conn.close()
+        if not (conn.reused and nothing_received(ex)):
+            raise
+    except BaseException:
+        conn.close()
+        raise
+    conn = _pool.fresh(address, CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)
+    try:
+        conn.send(request)
+        return conn, conn.read_head()
+    except BaseException:
+        conn.close()
+        raise
+
+
+def read_body(conn: RunnerConnection, head: ResponseHead, limit: int) -> bytes:
+    """Read an answer's body whole, or its first ``limit`` bytes (the connection is then spent).
+
+    Raises:
+        OSError: The body ended early or the socket failed.
+    """
+    if head.chunked:
+        read = dechunker(conn)
+        parts, size = [], 0
+        while size < limit and (data := read()):
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts)[:limit]
+    want = limit if head.length is None else min(head.length, limit)
+    data = b""
+    while len(data) < want:
+        more = conn.recv()
+        if not more:
+            if head.length is None:
+                break
+            raise IncompleteBody("the engine's body ended before its Content-Length")
+        data += more
+    conn.buffered = data[want:]
+    return data[:want]
+
+
+def shutdown_connection(conn: http.client.HTTPConnection) -> None:
+    """Shut an :mod:`http.client` engine connection's socket down now, from any thread (never
+    raises): llama-server sees the disconnect at once and stops generating."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def error_event(error: OrchestratorError, face: Face = Face.OPENAI) -> bytes:
@@ -206,82 +290,20 @@ def error_event(error: OrchestratorError, face: Face = Face.OPENAI) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
-def dechunker(upstream: http.client.HTTPResponse, sock: socket.socket) -> Callable[[], bytes]:
-    """Return ``read()`` giving the payload of the next complete chunks; ``b""`` at the end.
-
-    The hot path of streaming: llama-server sends one SSE event per chunk, so each call is
-    usually one ``recv`` and a few slices, where :meth:`http.client.HTTPResponse.read1` walks
-    half a dozen Python frames per chunk. The first call takes what http.client already
-    buffered after the headers; later ones read the socket directly.
-
-    Raises:
-        http.client.IncompleteRead: The body ended before its last chunk.
-        OSError: The socket failed (``BlockingIOError`` when SO_RCVTIMEO expired).
-    """
-    fp_read1 = upstream.fp.read1  # type: ignore[union-attr]
-    recv = sock.recv
-    pending = b""
-    fresh = True
-    done = False
-
-    def read() -> bytes:
-        nonlocal pending, fresh, done
-        if done:
-            return b""
-        out: list[bytes] = []
-        while True:
-            line_end = pending.find(b"\r\n")
-            if line_end >= 0:
-                try:
-                    size = int(pending[:line_end].partition(b";")[0], 16)
-                except ValueError:
-                    raise http.client.IncompleteRead(pending) from None
-                if size == 0:
-                    done = True
-                    return b"".join(out)
-                end = line_end + 2 + size
-                if len(pending) >= end + 2:
-                    out.append(pending[line_end + 2 : end])
-                    pending = pending[end + 2 :]
-                    continue
-            if out:
-                return out[0] if len(out) == 1 else b"".join(out)
-            if fresh:
-                fresh = False
-                data = fp_read1(READ_SIZE)
-            else:
-                data = recv(READ_SIZE)
-            if not data:
-                raise http.client.IncompleteRead(pending)
-            pending = pending + data if pending else data
-
-    return read
-
-
-def shutdown_connection(conn: http.client.HTTPConnection) -> None:
-    """Shut an engine connection's socket down now, from any thread (never raises).
-
-    ``shutdown()`` takes effect even while a response still holds a reference to the socket's
-    file, so llama-server sees the disconnect at once and stops generating.
-    """
-    sock = conn.sock
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
 class ProxyStream:
     """The response body of one proxied request; owns the connection and the lease.
 
-    Iterating yields the engine's bytes as they arrive. :meth:`close` (called by gunicorn after
-    the last chunk or a failed write) shuts the upstream socket, releases the lease and ends the
-    metrics timer; it is idempotent and also runs when iteration ends by itself.
+    Two ways to send it: iterating yields the engine's payload bytes as they arrive (the
+    Anthropic face, a client of HTTP/1.0, Falcon's test client); the front door instead calls
+    :meth:`pass_through` when the engine's framing can go to the client as it is.
+    :meth:`close` (called after the last chunk or a failed write) releases the lease and ends
+    the metrics timer; the connection goes back to the pool when the answer was read to its
+    end, else it is shut down at once so that llama-server stops generating. It is idempotent
+    and also runs when the body ends by itself.
 
     Args:
-        conn: The connection the response came on.
-        upstream: The engine's response, headers already read.
+        conn: The connection the answer came on.
+        head: The engine's answer head.
         lease: The runner lease to release at the end.
         timer: Request metrics, or ``None``.
         is_sse: Whether the body is ``text/event-stream`` (enables event-aligned errors).
@@ -293,8 +315,8 @@ class ProxyStream:
 
     def __init__(
         self,
-        conn: http.client.HTTPConnection,
-        upstream: http.client.HTTPResponse,
+        conn: RunnerConnection,
+        head: ResponseHead,
         lease: LeaseLike,
         timer: TimerLike | None,
         *,
@@ -306,33 +328,166 @@ class ProxyStream:
         self._face = face
         self._recording = recording
         if recording is not None:
-            recording.respond(upstream.status, is_sse)
+            recording.respond(head.status, is_sse)
         self._conn = conn
-        self._upstream = upstream
+        self._head = head
         self._lease = lease
         self._timer = timer
         self._is_sse = is_sse
         self._model = model
         self._gen: Iterator[bytes] | None = None
         self._finished = False
+        self._complete = False
         self._aborted = False
         self._started = time.monotonic()
         with _active_lock:
             _active.add(self)
 
     def __iter__(self) -> Iterator[bytes]:
-        upstream, sock = self._upstream, self._conn.sock
-        if upstream.chunked and sock is not None and upstream.fp is not None:
-            read = dechunker(upstream, sock)
-        else:
-            read = functools.partial(upstream.read1, READ_SIZE)
+        read = dechunker(self._conn) if self._head.chunked else self._plain_reader()
         if self._recording is not None:
             read = self._recording.tap(read)
         self._gen = self._relay_events(read) if self._is_sse else self._relay_bytes(read)
         return self._gen
 
+    def can_pass_through(self, chunked: bool, length: int | None) -> bool:
+        """Whether the engine's body bytes, framing included, are what the client must get.
+
+        Args:
+            chunked: The client's answer is chunked.
+            length: The client's answer's ``Content-Length``, if it has one.
+        """
+        if self._gen is not None or self._finished:
+            return False
+        if chunked:
+            return self._head.chunked
+        return length is not None and not self._head.chunked and self._head.length == length
+
+    def pass_through(self, head: bytes, send: Callable[[bytes], object]) -> bool:
+        """Send ``head`` (the client's answer head) and the engine's body as it comes.
+
+        One ``send`` per ``recv``, the head with the first bytes. Chunks are passed on whole
+        and, for an event stream, through the end of the last complete event; after a failure
+        an event stream gets one error event and its last chunk.
+
+        Returns:
+            Whether the client's answer ended properly (its connection may carry another).
+
+        Raises:
+            OSError: Sending to the client failed (the caller closes; :meth:`close` follows).
+        """
+        try:
+            if self._head.chunked:
+                return self._pass_chunks(head, send)
+            return self._pass_length(head, send)
+        finally:
+            self._finish()
+
+    def _pass_chunks(self, head: bytes, send: Callable[[bytes], object]) -> bool:
+        recv = self._conn.recv
+        keep = self._recording.keep_framed if self._recording is not None else None
+        events = self._is_sse
+        data = b""
+        pos = 0
+        first = True
+        while True:
+            # Only the engine's side is caught here: a failed send to the client propagates.
+            try:
+                chunk = recv()
+                if first:
+                    first = False
+                    if self._timer is not None:
+                        self._timer.first_byte()
+                if not chunk:
+                    raise IncompleteBody("the engine's body ended before its last chunk")
+                if keep is not None:
+                    keep(chunk)
+                data = data + chunk if data else chunk
+                cut, pos, ended = scan_chunks(data, pos, events, None)
+            except OSError as ex:
+                return self._pass_failure(ex, head, send)
+            if cut:
+                out = data if cut == len(data) else data[:cut]
+                data = data[cut:]
+                pos -= cut
+                if head:
+                    out = head + out
+                    head = b""
+                send(out)
+            if ended:
+                self._conn.buffered = data
+                self._complete = True
+                return True
+
+    def _pass_length(self, head: bytes, send: Callable[[bytes], object]) -> bool:
+        remaining = self._head.length or 0
+        recv = self._conn.recv
+        keep = self._recording.keep_payload if self._recording is not None else None
+        first = True
+        while remaining > 0:
+            try:
+                data = recv()
+                if first:
+                    first = False
+                    if self._timer is not None:
+                        self._timer.first_byte()
+                if not data:
+                    raise IncompleteBody("the engine's body ended before its Content-Length")
+            except OSError as ex:
+                return self._pass_failure(ex, head, send)
+            if len(data) > remaining:
+                self._conn.buffered = data[remaining:]
+                data = data[:remaining]
+            remaining -= len(data)
+            if keep is not None:
+                keep(data)
+            if head:
+                data = head + data
+                head = b""
+            send(data)
+        if head:
+            send(head)
+        self._complete = True
+        return True
+
+    def _pass_failure(self, ex: OSError, head: bytes, send: Callable[[bytes], object]) -> bool:
+        """Answer the client after the engine failed mid-body; whether its answer ended."""
+        log.warning("proxy stream failed model=%s error=%r", self._model, ex)
+        error = self._failure(ex)
+        if not (self._is_sse and self._head.chunked):
+            # A JSON body cannot carry an error once it has started: the cut is the signal.
+            if head:
+                send(head)
+            return False
+        event = error_event(error, self._face)
+        send(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+        return True
+
+    def _plain_reader(self) -> Callable[[], bytes]:
+        """Return ``read()`` for a body with a Content-Length or ended by the close."""
+        conn = self._conn
+        length = self._head.length
+        remaining = length
+
+        def read() -> bytes:
+            nonlocal remaining
+            if remaining is not None and remaining <= 0:
+                return b""
+            data = conn.recv()
+            if remaining is None:
+                return data
+            if not data:
+                raise IncompleteBody("the engine's body ended before its Content-Length")
+            if len(data) > remaining:
+                conn.buffered = data[remaining:]
+                data = data[:remaining]
+            remaining -= len(data)
+            return data
+
+        return read
+
     def close(self) -> None:
-        """End the stream: close the upstream at once, release the lease (idempotent)."""
+        """End the stream: release the lease, keep or cut the connection (idempotent)."""
         gen = self._gen
         if gen is not None:
             self._gen = None
@@ -343,10 +498,7 @@ class ProxyStream:
     def abort(self) -> None:
         """Cut the upstream connection from another thread; the client gets an error event."""
         self._aborted = True
-        self._shutdown_socket()
-
-    def _shutdown_socket(self) -> None:
-        shutdown_connection(self._conn)
+        self._conn.shutdown()
 
     def _finish(self) -> None:
         if self._finished:
@@ -354,8 +506,11 @@ class ProxyStream:
         self._finished = True
         with _active_lock:
             _active.discard(self)
-        self._shutdown_socket()
-        self._conn.close()
+        if self._complete and not self._aborted and not self._head.will_close:
+            _pool.give_back(self._conn)
+        else:
+            self._conn.shutdown()
+            self._conn.close()
         try:
             self._lease.release()
         finally:
@@ -376,9 +531,7 @@ class ProxyStream:
                 "the daemon is shutting down and ended this answer; retry the request after it "
                 "restarts"
             )
-        # Chunked bodies are read from the raw socket; the others arrive at once after the
-        # headers, so the clock since the start tells their timeout apart.
-        if timed_out(ex, None if self._upstream.chunked else self._started):
+        if timed_out(ex, None):
             return RunnerTimeoutError(
                 f"the runner of model {self._model!r} sent nothing for "
                 f"{READ_TIMEOUT_SECONDS:.0f}s; retry the request"
@@ -397,10 +550,8 @@ class ProxyStream:
             while chunk:
                 yield chunk
                 chunk = read()
-            if not self._upstream.chunked and self._upstream.length:
-                # read1() ends quietly when a Content-Length body stops short.
-                raise http.client.IncompleteRead(b"", self._upstream.length)
-        except (OSError, http.client.HTTPException) as ex:
+            self._complete = True
+        except OSError as ex:
             # A JSON body cannot carry an error once it has started: the cut is the signal.
             log.warning("proxy stream failed model=%s error=%r", self._model, ex)
             self._failure(ex)
@@ -432,7 +583,8 @@ class ProxyStream:
                 chunk = read()
             if held:
                 yield held
-        except (OSError, http.client.HTTPException) as ex:
+            self._complete = True
+        except OSError as ex:
             log.warning("proxy stream failed model=%s error=%r", self._model, ex)
             yield error_event(self._failure(ex), self._face)
         finally:
@@ -496,8 +648,8 @@ def engine_error(model: str, status: int, body: bytes) -> OrchestratorError:
 def _finish_engine_error(
     req: falcon.Request,
     resp: falcon.Response,
-    conn: http.client.HTTPConnection,
-    upstream: http.client.HTTPResponse,
+    conn: RunnerConnection,
+    head: ResponseHead,
     lease: LeaseLike,
     timer: TimerLike | None,
     model: str,
@@ -509,8 +661,8 @@ def _finish_engine_error(
         RunnerCrashedError: The runner died while sending its error.
     """
     try:
-        body = upstream.read(MAX_ENGINE_ERROR_BYTES)
-    except (OSError, http.client.HTTPException) as ex:
+        body = read_body(conn, head, MAX_ENGINE_ERROR_BYTES)
+    except OSError as ex:
         if timer is not None:
             timer.status = RunnerCrashedError.status
         lease.report_crash()
@@ -528,30 +680,30 @@ def _finish_engine_error(
         if timer is not None:
             timer.status = rejection.status
         raise rejection
-    resp.status = upstream.status
-    headers = _response_headers(upstream)
+    resp.status = head.status
+    headers = _response_headers(head)
     resp.set_headers([(name, value) for name, value in headers if name.lower() != "content-length"])
     resp.data = body if req.method != "HEAD" else None
 
 
 def _raise_engine_error(
-    conn: http.client.HTTPConnection,
-    upstream: http.client.HTTPResponse,
+    conn: RunnerConnection,
+    head: ResponseHead,
     lease: LeaseLike,
     timer: TimerLike | None,
     model: str,
 ) -> None:
     """Read an engine error answer (64 KiB at most) and raise it for the face's renderer."""
     try:
-        body = upstream.read(MAX_ENGINE_ERROR_BYTES)
-    except (OSError, http.client.HTTPException):
+        body = read_body(conn, head, MAX_ENGINE_ERROR_BYTES)
+    except OSError:
         body = b""
     finally:
         conn.close()
         lease.release()
         if timer is not None:
             timer.finish()
-    raise engine_error(model, upstream.status, body)
+    raise engine_error(model, head.status, body)
 
 
 def abort_streams() -> int:
@@ -561,6 +713,11 @@ def abort_streams() -> int:
     for stream in streams:
         stream.abort()
     return len(streams)
+
+
+def close_idle_connections() -> None:
+    """Close the kept-alive connections to runners (daemon shutdown, runner replaced)."""
+    _pool.close_all()
 
 
 def _last_event_end(data: bytes) -> int:
@@ -604,18 +761,11 @@ def forward(
         RunnerCrashedError: The runner could not be reached or died before answering.
         RunnerTimeoutError: The runner accepted the request but sent no headers in time.
     """
-    conn = open_runner_connection(lease.socket_path)
+    request = _request_bytes(req.method, upstream_path, _request_headers(req), body)
     sent = time.monotonic()
     try:
-        conn.putrequest(req.method, upstream_path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", "localhost")
-        for name, value in _request_headers(req):
-            conn.putheader(name, value)
-        conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        upstream = conn.getresponse()
-    except (OSError, http.client.HTTPException) as ex:
-        conn.close()
+        conn, head = exchange(lease.socket_path, request)
+    except OSError as ex:
         if timer is not None:
             timer.status = 504 if timed_out(ex, sent) else 502
         try:
@@ -636,27 +786,25 @@ def forward(
             if timer is not None:
                 timer.finish()
     except BaseException:
-        conn.close()
         lease.release()
         if timer is not None:
             timer.finish()
         raise
 
     if timer is not None:
-        timer.status = upstream.status
-    length = upstream.length
-    if upstream.status >= 400 and face is not Face.OPENAI:
-        _raise_engine_error(conn, upstream, lease, timer, model)
-    if upstream.status == 500 and length is not None and length <= MAX_ENGINE_ERROR_BYTES:
-        _finish_engine_error(req, resp, conn, upstream, lease, timer, model)
+        timer.status = head.status
+    if head.status >= 400 and face is not Face.OPENAI:
+        _raise_engine_error(conn, head, lease, timer, model)
+    if head.status == 500 and head.length is not None and head.length <= MAX_ENGINE_ERROR_BYTES:
+        _finish_engine_error(req, resp, conn, head, lease, timer, model)
         return
-    resp.status = upstream.status
-    content_type = upstream.getheader("Content-Type") or ""
-    resp.set_headers(_response_headers(upstream))
+    resp.status = head.status
+    content_type = head.header("Content-Type") or ""
+    resp.set_headers(_response_headers(head))
     resp.set_header("X-Accel-Buffering", "no")
     stream = ProxyStream(
         conn,
-        upstream,
+        head,
         lease,
         timer,
         is_sse=content_type.startswith("text/event-stream"),
@@ -664,7 +812,7 @@ def forward(
         face=face,
         recording=recording,
     )
-    if req.method == "HEAD" or upstream.status in _BODILESS:
+    if req.method == "HEAD" or head.status in _BODILESS:
         # Falcon sends no body for these and would never iterate (or close) the stream.
         stream.close()
         return

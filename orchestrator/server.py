@@ -39,7 +39,7 @@ from orchestrator.bridge import bridge_ipv4
 from orchestrator.errors import ConfigError
 from orchestrator.httpserver.worker import FrontDoorLimits
 from orchestrator.logfiles import setup_logging
-from orchestrator.proxy import abort_streams
+from orchestrator.proxy import abort_streams, close_idle_connections
 from orchestrator.store.reference import set_default_registry
 
 if TYPE_CHECKING:
@@ -170,6 +170,8 @@ class DaemonApplication(BaseApplication):  # type: ignore[misc]
                 # task; SIGTERM in the middle of a task is not honoured until it ends.
                 time.sleep(ABORT_SETTLE_SECONDS)
             log.info("stopping runners reason=%s streams_cut=%d", reason, cut)
+            # Idle kept-alive connections would hold llama-server's HTTP threads while it stops.
+            close_idle_connections()
             scheduler.shutdown()
 
     def _post_worker_init(self, worker: Any) -> None:

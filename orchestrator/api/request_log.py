@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.api.recorded_bodies import clean_request, error_json, replay_answer
+from orchestrator.chunked import payloads_of
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Entry:
         self.status_code = 0
         self.is_sse = False
         self.parts: list[bytes] = []
+        self.framed = False  # parts hold the engine's chunked framing, not payloads
         self.kept = 0
         self.dropped = 0
         self.error = ""
@@ -125,6 +127,8 @@ class Entry:
                 self._replayed = ("", self.error)
             else:
                 raw = b"".join(self.parts)
+                if self.framed:
+                    raw = payloads_of(raw)
                 self._replayed = replay_answer(raw, status=self.status_code, is_sse=self.is_sse)
         return self._replayed
 
@@ -159,6 +163,21 @@ class Recording:
             return data
 
         return tapped
+
+    def keep_framed(self, data: bytes) -> None:
+        """Keep one more piece of an answer's chunked body, framing included (undone only
+        when someone reads the record): one call per read, none per chunk."""
+        self.entry.framed = True
+        self.keep_payload(data)
+
+    def keep_payload(self, data: bytes) -> None:
+        """Keep one more piece of an answer's body (the first MAX_KEPT_BYTES in all)."""
+        entry = self.entry
+        if entry.kept < MAX_KEPT_BYTES:
+            entry.parts.append(data)
+            entry.kept += len(data)
+        else:
+            entry.dropped += len(data)
 
     def capture(self, data: bytes) -> None:
         """Keep a whole answer read at once."""

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
 from gunicorn import http, util
 from gunicorn.http import wsgi
@@ -419,9 +419,11 @@ class LaneWorker(base.Worker):  # type: ignore[misc]
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
             try:
-                for item in respiter:
-                    resp.write(item)
-                resp.close()
+                # A passed-through body carries its own last chunk: no resp.close() then.
+                if not _pass_through(resp, respiter, conn.sock):
+                    for item in respiter:
+                        resp.write(item)
+                    resp.close()
             finally:
                 self.log.access(resp, req, environ, datetime.now() - request_start)
                 if hasattr(respiter, "close"):
@@ -459,6 +461,38 @@ class LaneWorker(base.Worker):  # type: ignore[misc]
     def _write_error(self, conn: _Connection, status: int, message: str) -> None:
         with contextlib.suppress(OSError, ssl.SSLError):
             conn.sock.sendall(_error_response(status, message))
+
+
+class PassThrough(Protocol):
+    """A response body whose bytes, framing included, can go to the client as they come
+    (:class:`orchestrator.proxy.ProxyStream`)."""
+
+    def can_pass_through(self, chunked: bool, length: int | None) -> bool:
+        """Whether the body's own framing is what the client's answer needs."""
+
+    def pass_through(self, head: bytes, send: Callable[[bytes], object]) -> bool:
+        """Send ``head`` and the body; whether the answer ended properly."""
+
+
+def _pass_through(resp: Any, respiter: object, sock: socket.socket) -> bool:
+    """Send a proxied body as the engine framed it, if it can be; whether it was.
+
+    Why: gunicorn's ``write`` frames every item as a chunk, so relaying llama-server meant
+    de-chunking each event and chunking it again, two ``send`` calls for the first. Here the
+    head goes with the first bytes and each ``recv`` from the engine is one ``send``.
+    """
+    can = getattr(respiter, "can_pass_through", None)
+    if can is None or resp.headers_sent or not can(resp.chunked, resp.response_length):
+        return False
+    body = cast(PassThrough, respiter)
+    lines = resp.default_headers()
+    lines.extend(f"{name}: {value}\r\n" for name, value in resp.headers)
+    lines.append("\r\n")
+    resp.headers_sent = True
+    ended = body.pass_through("".join(lines).encode("latin-1"), sock.sendall)
+    if not ended:
+        resp.force_close()
+    return True
 
 
 _REASONS = {

@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from typing import Any, Protocol
 
 from orchestrator.errors import InvalidRequestError
@@ -373,7 +373,8 @@ def _shape(meta: Mapping[str, Any]) -> _Shape:
     n_layer = max(_int(meta.get(f"{arch}.block_count")) or 0, 0)
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = _int(meta.get(f"{arch}.vocab_size")) or (
-        len(tokens) if isinstance(tokens, list) else 0
+        # A list, or the length-only stand-in of a reader that skipped the vocabulary.
+        len(tokens) if isinstance(tokens, Sized) and not isinstance(tokens, str) else 0
     )
     return _Shape(
         arch=arch,

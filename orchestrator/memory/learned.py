@@ -213,6 +213,14 @@ class FootprintStore:
                 self._save(entries)
             return learned
 
+    def recent_models(self) -> list[str]:
+        """Return the IDs of every model with a learned footprint, most recently measured first."""
+        with self._lock:
+            latest: dict[str, float] = {}
+            for (model_id, _key), learned in self._load().items():
+                latest[model_id] = max(latest.get(model_id, 0.0), learned.updated)
+        return sorted(latest, key=lambda model_id: -latest[model_id])
+
     def forget(self, model_id: str) -> int:
         """Drop every footprint of ``model_id`` (deleted from the store); return how many."""
         with self._lock:

@@ -127,6 +127,14 @@ class Chores:
         self.default_model = default_model
         self.interval = interval
         self._thread: threading.Thread | None = None
+        # When the thread will look at the table next while it waits; 0 while it is awake
+        # (it scans the table before it waits again). Guarded by the table lock.
+        self.wakes_at = 0.0
+
+    def must_wake_for(self, due: float) -> bool:
+        """Whether a runner that expires at ``due`` needs the thread woken (lock held): only
+        if it waits past then; otherwise it finds the runner when it looks next."""
+        return self.wakes_at > due
 
     def start(self) -> None:
         """Start the thread (idempotent)."""
@@ -153,7 +161,9 @@ class Chores:
                 expired, next_due = self._expire_idle_locked(now)
                 if not expired and now < next_reading:
                     # Waiting in the same lock hold as the check: no release is missed.
-                    self._table.changed.wait(min(next_due, next_reading) - now)
+                    self.wakes_at = min(next_due, next_reading)
+                    self._table.changed.wait(self.wakes_at - now)
+                    self.wakes_at = 0.0
                     continue
             if expired:
                 self._stop_expired(expired)

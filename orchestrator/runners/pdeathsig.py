@@ -12,6 +12,13 @@ SIGKILLed.
 Linux delivers the signal when the *thread* that forked the child exits, not the process; the
 scheduler therefore spawns every runner from one long-lived thread (``process.Launcher``).
 
+Started ahead (``pdeathsig.py <ppid> --wait``), it does all of that, then waits for its
+command: one JSON line on stdin, ``{"argv": [...], "cwd": ..., "log": ..., "env": {...} or
+null}``. It appends its output to the log file, reads ``/dev/null`` as stdin, and ``exec``'s the
+command. The launcher keeps one such process ready, so the ~20 ms an interpreter takes to start
+is not spent between a request and its runner's ``exec``. End of input without a command: it
+exits 0 (the daemon no longer needs it).
+
 This file is run by path, not imported by the daemon: it must stay standard-library only and
 must not import the ``orchestrator`` package.
 """
@@ -19,6 +26,7 @@ must not import the ``orchestrator`` package.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -49,22 +57,61 @@ def _set_parent_death_signal() -> bool:
     return True
 
 
+def _read_command() -> tuple[list[str], dict[str, str] | None] | None:
+    """Wait for the command on stdin and set up the process for it.
+
+    Returns:
+        The argv and environment (``None``: inherit ours), or ``None`` at end of input.
+    """
+    line = sys.stdin.buffer.readline()
+    if not line:
+        return None
+    command = json.loads(line)
+    # The log first: anything printed from here on belongs to the runner's log.
+    log_fd = os.open(command["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)  # also closes the pipe the command came through
+    os.close(null_fd)
+    os.chdir(command["cwd"])
+    env = command.get("env")
+    return [str(word) for word in command["argv"]], env
+
+
 def main(argv: list[str]) -> int:
-    """Set the parent-death signal, check the parent, exec ``argv[2:]``; return on failure."""
-    if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        print("usage: pdeathsig.py <expected parent pid> -- program [args...]", file=sys.stderr)
+    """Set the parent-death signal, check the parent, exec the program; return on failure."""
+    waits = len(argv) == 2 and argv[1] == "--wait"
+    if not (waits or (len(argv) >= 3 and argv[1] == "--")) or not argv[0].isdigit():
+        print("usage: pdeathsig.py <expected parent pid> (-- program [args...] | --wait)",
+              file=sys.stderr)
         return EXIT_USAGE
     expected_parent = int(argv[0])
-    program = argv[2:]
     _set_parent_death_signal()
     if os.getppid() != expected_parent:
-        print(f"pdeathsig: parent {expected_parent} is gone; not starting {program[0]}",
+        print(f"pdeathsig: parent {expected_parent} is gone; not starting the runner",
               file=sys.stderr)
         return EXIT_PARENT_GONE
+    env: dict[str, str] | None = None
+    if waits:
+        try:
+            command = _read_command()
+        except (OSError, ValueError, KeyError, TypeError) as ex:
+            print(f"pdeathsig: unusable command ({ex!r})", file=sys.stderr)
+            return EXIT_USAGE
+        if command is None:
+            return 0
+        program, env = command
+    else:
+        program = argv[2:]
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execv(program[0], program)
+        if env is None:
+            os.execv(program[0], program)
+        else:
+            os.execve(program[0], program, env)
     except OSError as ex:
         print(f"pdeathsig: cannot execute {program[0]!r}: {ex.strerror}", file=sys.stderr)
     return EXIT_CANNOT_EXEC

@@ -8,7 +8,8 @@ The rules (house style 3.7, gunicorn's arbiter and supervisor's ``process.py``):
   kernel kills the runner if the daemon is SIGKILLed. Output goes to a per-runner log file in
   append mode, never a pipe.
 - Linux sends the parent-death signal when the *thread* that forked the child ends, so every
-  spawn runs on one long-lived ``launcher.Launcher`` thread, never on a request thread.
+  spawn runs on one long-lived ``launcher.Launcher`` thread, never on a request thread. The
+  launcher keeps a wrapper started ahead; a spawn hands it the argv and it ``exec``'s at once.
 - One reaper thread per runner blocks in ``waitid(WNOWAIT)`` (which does not reap), takes the
   signal lock, and only then reaps: signals go to the group only while the status has not been
   collected, so a recycled pid is never signalled.
@@ -24,12 +25,11 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -42,7 +42,7 @@ from orchestrator.errors import (
     ServiceUnavailableError,
 )
 from orchestrator.runners.crashes import explain_crash
-from orchestrator.runners.launcher import Launcher
+from orchestrator.runners.launcher import Launcher, wrapped
 from orchestrator.runners.readiness import HEALTH_REQUEST_TIMEOUT_SECONDS, probe_health
 from orchestrator.runners.state import RunnerState, transition
 
@@ -52,15 +52,16 @@ KILL_WAIT_SECONDS = 5.0
 """How long to wait for the reap after SIGKILL before logging that the process is stuck."""
 HEALTH_POLL_SECONDS = 0.05
 """Readiness poll interval after the first seconds of loading."""
-FAST_POLL_SECONDS = 0.01
-"""Readiness poll interval while a small model is likely to become ready (cold-start latency)."""
+FAST_POLL_SECONDS = 0.005
+"""Readiness poll interval while a small model is likely to become ready (cold-start latency).
+
+Half of it is what readiness detection adds to a cold start on average; a probe costs the
+daemon and the engine a few tens of microseconds (``readiness.probe_health``)."""
 FAST_POLL_WINDOW_SECONDS = 2.0
 """How long after spawn the fast interval is used; large models then poll at the slow one."""
 LOG_TAIL_LINES = 40
 MAX_SOCKET_PATH_BYTES = 107
 """``sun_path`` holds 108 bytes including the terminating NUL."""
-
-_WRAPPER = Path(__file__).with_name("pdeathsig.py")
 
 # Substrings of llama-server's output -> the one-line explanation we lead with (DMR's error
 # transformer, llamacpp/errors.go, plus the failures this build prints).
@@ -195,7 +196,6 @@ class RunnerProcess:
                 f"the runner socket path {str(self.socket_path)!r} is longer than "
                 f"{MAX_SOCKET_PATH_BYTES} bytes; set runtime_dir to a shorter directory"
             )
-        wrapped = [sys.executable, "-I", "-S", str(_WRAPPER), str(os.getpid()), "--", *self.argv]
         with self._lock:
             if self._state is not RunnerState.STARTING:
                 raise RunnerStartError(
@@ -213,19 +213,7 @@ class RunnerProcess:
                         f"{self.label}: {shlex.join(self.argv)}\n".encode()
                     )
                     log_file.flush()
-                    kwargs: dict[str, Any] = {
-                        "stdin": subprocess.DEVNULL,
-                        "stdout": log_file,
-                        "stderr": subprocess.STDOUT,
-                        "start_new_session": True,
-                        "close_fds": True,
-                        "cwd": str(self.runtime_dir),
-                        "env": self._env,
-                    }
-                    if self._launcher is not None:
-                        popen = self._launcher.popen(wrapped, **kwargs)
-                    else:
-                        popen = subprocess.Popen(wrapped, **kwargs)
+                    popen = self._start_prepared() or self._popen_wrapped(log_file)
             except OSError as ex:
                 self._set_state(RunnerState.FAILED)  # STARTING -> FAILED
                 self.exited.set()
@@ -247,6 +235,29 @@ class RunnerProcess:
             target=self._reap, name=f"runner-reaper-{self.runner_id}", daemon=True
         ).start()
         log.info("runner spawned id=%s runner=%s pid=%d", self.runner_id, self.label, self.pid)
+
+    def _start_prepared(self) -> subprocess.Popen[bytes] | None:
+        """Start on the launcher's spare wrapper (already started); ``None`` without one."""
+        if self._launcher is None:
+            return None
+        return self._launcher.start_prepared(
+            self.argv, log_path=self.log_path, cwd=self.runtime_dir, env=self._env
+        )
+
+    def _popen_wrapped(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+        """Start the wrapper with the argv (an interpreter start before llama-server's exec)."""
+        kwargs: dict[str, Any] = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": log_file,
+            "stderr": subprocess.STDOUT,
+            "start_new_session": True,
+            "close_fds": True,
+            "cwd": str(self.runtime_dir),
+            "env": self._env,
+        }
+        if self._launcher is not None:
+            return self._launcher.popen(wrapped(self.argv), **kwargs)
+        return subprocess.Popen(wrapped(self.argv), **kwargs)
 
     def _write_pid_file(self) -> None:
         try:

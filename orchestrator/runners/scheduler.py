@@ -77,6 +77,9 @@ MEASURE_INTERVAL_SECONDS = 10.0
 VRAM_SETTLE_SECONDS = 5.0
 """After an eviction NVML may show the freed GPU memory this late; refusals wait it out."""
 SHUTTING_DOWN = "the daemon is shutting down; retry the request after it restarts"
+WARM_MODELS = 8
+"""At start, the GGUF headers of at most this many models are read ahead (see :meth:`_warm`)."""
+WARM_JOIN_SECONDS = 5.0
 
 
 class Scheduler:
@@ -164,6 +167,7 @@ class Scheduler:
         self._settle_until = 0.0  # guarded by the table lock
         self._started = False
         self._start_lock = threading.Lock()
+        self._warmer: threading.Thread | None = None
         self.stats.watch_queue(self.management.queue_depths)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -178,7 +182,35 @@ class Scheduler:
             if killed:
                 log.warning("killed leftover runners count=%d dir=%s", killed, self._runners_dir)
             self.chores.start()
+            # PERF: its own thread, so the daemon answers as soon as before while the first
+            # runner start's fixed costs (GPU probe, GGUF header) are paid ahead of it.
+            self._warmer = threading.Thread(target=self._warm, name="runner-warmup", daemon=True)
+            self._warmer.start()
+            self._launcher.prepare()
             self._started = True
+
+    def _warm(self) -> None:
+        """Read ahead what a first runner start would wait for (never raises).
+
+        The default model and the models run most recently (those with learned footprints)
+        are the ones a fresh daemon is likely to be asked for first; each header is a few tens
+        of milliseconds of CPU, so only :data:`WARM_MODELS` of them are read.
+        """
+        try:
+            wanted = [self._config.default_model] if self._config.default_model else []
+            if self.memory.footprints is not None:
+                wanted += self.memory.footprints.recent_models()
+            models: dict[str, Path] = {}
+            for reference in wanted:
+                if len(models) >= WARM_MODELS or self._table.closed:
+                    break
+                record = self._store.find(reference)
+                if record is not None and record.id not in models:
+                    models[record.id] = Path(self._store.bundle(record).gguf_path)
+        except Exception:  # warming is an optimisation; a store error shows on the request
+            log.exception("runner warm-up failed to list models")
+            models = {}
+        self.memory.warm(models.items())
 
     def shutdown(self, grace_seconds: float | None = None) -> None:
         """Stop every runner: SIGTERM to all at once, one shared grace, SIGKILL survivors.
@@ -195,6 +227,8 @@ class Scheduler:
         stop_processes([r.process for r in victims], grace)
         if not already:
             self.chores.join()
+            if self._warmer is not None:
+                self._warmer.join(WARM_JOIN_SECONDS)  # before NVML closes under it
             self._launcher.close()
             self.memory.close()
 
@@ -364,7 +398,17 @@ class Scheduler:
             self.stats.set_memory(runner.model_name, runner.mode, runner.plan.estimate.ram_bytes)
             elapsed = process.wait_ready(deadline, grace_seconds=self._config.stop_grace_seconds)
             self.stats.observe_load(elapsed)
-            self._measure(runner, ready=True)
+            # PERF: off the request's path (a process-tree walk, maybe a footprints.json
+            # write), so the first token does not wait for it. It runs alongside the first
+            # request: what that prompt has touched by then only makes the learned ready
+            # footprint a little larger, never smaller.
+            threading.Thread(
+                target=self._measure,
+                args=(runner,),
+                kwargs={"ready": True},
+                name=f"runner-measure-{runner.runner_id}",
+                daemon=True,
+            ).start()
             if runner.plan.workers is not None:
                 runner.placement = read_placement(runner.launch.log_path)
                 if runner.placement is not None:
@@ -405,6 +449,7 @@ class Scheduler:
             self._table.changed.notify_all()
         if not runner.process.exited.is_set():
             runner.process.stop(self._config.stop_grace_seconds)
+        self._launcher.prepare()  # the failed start may have used the spare wrapper
         return failure
 
     def _wait_for_start(
@@ -445,8 +490,15 @@ class Scheduler:
         now = time.monotonic()
         with self._table.changed:
             runner.leases -= 1
+            wake = self._table.has_waiters()
             if runner.leases == 0:
                 runner.last_used = now
+                # PERF: wake the chores thread only when this runner expires before it looks
+                # next (keep-alive 0, say): a wake-up per request cost a thread switch and a
+                # table scan, a tenth of the worker's CPU per small request (issue 18).
+                wake = wake or (
+                    runner.keep_alive >= 0 and self.chores.must_wake_for(now + runner.keep_alive)
+                )
             measured_at = runner.usage.measured_at
             measure = (
                 self._table.holds(runner)
@@ -455,7 +507,11 @@ class Scheduler:
             )
             if measure:
                 runner.usage.measured_at = now  # one measurement at a time per interval
-            self._table.changed.notify_all()
+            if wake:
+                self._table.changed.notify_all()
+        # The next runner start gets a wrapper started ahead; started here, once the request
+        # is answered, so it never competes with a load or a first token for the CPU.
+        self._launcher.prepare()
         if measure:
             self._measure(runner, ready=False)
 

@@ -253,6 +253,10 @@ class RunnerTable:
         keys = set(self._waiting) | set(self._runners)
         return [(k, self._names.get(k, k[0]), self._waiting.get(k, 0)) for k in keys]
 
+    def has_waiters(self) -> bool:
+        """Return whether any request waits for admission."""
+        return bool(self._waiting)
+
     def waiting(self, key: Key) -> int:
         """Return how many requests wait for admission of ``key``."""
         return self._waiting.get(key, 0)

@@ -12,6 +12,7 @@ entries and writes it back while holding the store lock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from orchestrator.errors import InvalidReferenceError, ModelNotFoundError, Store
 from orchestrator.store.layout import go_json, write_file_atomic
 from orchestrator.store.reference import (
     HUGGINGFACE_REGISTRY,
+    default_registry,
     parse_model_id,
     parse_reference,
 )
@@ -75,10 +77,16 @@ def parse_lookup(ref: str) -> Lookup:
         InvalidReferenceError: ``ref`` is not an ID, digest reference or tag.
     """
     text = ref.strip() if isinstance(ref, str) else ""
+    return _parse_lookup(text, default_registry())
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_lookup(text: str, registry: str) -> Lookup:
+    # Every inference request names its model: parsed once per text (errors are not cached).
     model_id = parse_model_id(text)
     if model_id is not None and model_id.startswith("sha256:"):
         return Lookup(text=text, model_id=model_id, shown=model_id)
-    parsed = parse_reference(text)
+    parsed = parse_reference(text, default_registry=registry)
     shown_name = parsed.name.removeprefix("docker.io/")
     if model_id is not None:
         return Lookup(text=text, short_id=model_id, tag=parsed.tag_string, shown=text)
@@ -114,8 +122,16 @@ def not_found_error(lookup: Lookup) -> ModelNotFoundError:
 
 def tag_identity(tag: str) -> str | None:
     """Return the normalised identity of a stored or requested tag, or ``None`` if unparsable."""
+    return _tag_identity(tag, default_registry())
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag_identity(tag: str, registry: str) -> str | None:
+    # PERF: every lookup by tag compares against every stored tag; parsing each of them on
+    # every request cost a millisecond per request with 200 models (issue 18). A tag's identity
+    # depends only on its text and the default registry, hence the key.
     try:
-        ref = parse_reference(tag)
+        ref = parse_reference(tag, default_registry=registry)
     except InvalidReferenceError:
         return None
     return ref.tag_string

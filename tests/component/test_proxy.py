@@ -357,3 +357,210 @@ def test_runner_killed_mid_stream_gives_one_error_event_then_recovers(harness: A
     )
     assert result.status_code == 200, result.text
     assert json.loads(result.text)["object"] == "chat.completion"
+
+
+# --- pass-through (what the front door does) and kept-alive runner connections ----------------
+
+
+def _stream_for(path: str, lease: FakeLease, timer: FakeTimer, body: bytes = b"{}") -> Any:
+    """Run ``forward`` as the OpenAI route does and return the response's stream."""
+    req = falcon.testing.create_req(
+        method="POST", path="/engines/v1/chat/completions", body=body
+    )
+    resp = falcon.Response()
+    forward(req, resp, lease, upstream_path="/v1/chat/completions", body=body, model="m",
+            timer=timer)  # fmt: skip
+    return resp.stream
+
+
+def _event_script(events: list[bytes], die: bool = False) -> Callable[[_Handler], None]:
+    def script(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        for event in events:
+            h.chunk(event)
+        if die:
+            h.wfile.flush()
+            h.connection.shutdown(2)
+            return
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
+
+    return script
+
+
+def test_pass_through_sends_the_engine_framing_unchanged_with_the_head(upstream: Any) -> None:
+    """The client gets the engine's chunks byte for byte; the head rides on the first send."""
+    events = [b'data: {"n": %d}\n\n' % n for n in range(3)] + [b"data: [DONE]\n\n"]
+    path, _ = upstream(_event_script(events))
+    lease, timer = FakeLease(path), FakeTimer()
+    stream = _stream_for(path, lease, timer)
+    assert stream.can_pass_through(True, None)
+    assert not stream.can_pass_through(False, None)  # an HTTP/1.0 client needs payloads
+    sent: list[bytes] = []
+    assert stream.pass_through(b"HEAD\r\n\r\n", sent.append) is True
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    assert b"".join(sent) == b"HEAD\r\n\r\n" + wire
+    assert sent[0].startswith(b"HEAD\r\n\r\n") and len(sent[0]) > len(b"HEAD\r\n\r\n")
+    stream.close()
+    assert (lease.released, lease.crashes, timer.first, timer.finished) == (1, 0, 1, 1)
+
+
+def test_pass_through_after_a_death_sends_whole_events_then_one_error_event(
+    upstream: Any,
+) -> None:
+    """Half an event is never sent; the answer still ends with a proper last chunk."""
+    path, _ = upstream(_event_script([b'data: {"n": 1}\n\n', b'data: {"hal'], die=True))
+    lease, timer = FakeLease(path), FakeTimer()
+    stream = _stream_for(path, lease, timer)
+    sent: list[bytes] = []
+    assert stream.pass_through(b"H\r\n\r\n", sent.append) is True
+    wire = b"".join(sent)
+    assert b"hal" not in wire and wire.endswith(b"\r\n0\r\n\r\n")
+    payload = wire.split(b"\r\n\r\n", 1)[1]
+    events = []
+    while True:
+        size_line, _, rest = payload.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        events.append(rest[:size])
+        payload = rest[size + 2 :]
+    assert events[0] == b'data: {"n": 1}\n\n'
+    error = json.loads(events[1].removeprefix(b"data: "))["error"]
+    assert error["code"] == "runner_crashed" and len(events) == 2
+    assert (lease.released, lease.crashes) == (1, 1)
+
+
+def test_pass_through_of_a_json_answer_with_content_length(upstream: Any) -> None:
+    payload = b'{"data": [{"embedding": [0.5]}]}'
+
+    def script(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+
+    path, _ = upstream(script)
+    lease, timer = FakeLease(path), FakeTimer()
+    stream = _stream_for(path, lease, timer)
+    assert not stream.can_pass_through(False, len(payload) + 1)
+    assert stream.can_pass_through(False, len(payload))
+    sent: list[bytes] = []
+    assert stream.pass_through(b"H\r\n\r\n", sent.append) is True
+    assert sent == [b"H\r\n\r\n" + payload]
+    assert lease.released == 1
+
+
+def test_a_failed_send_to_the_client_cuts_the_engine_and_releases_once(upstream: Any) -> None:
+    upstream_closed = threading.Event()
+
+    def script(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        try:
+            for index in range(1000):
+                h.chunk(b'data: {"n": %d}\n\n' % index)
+                threading.Event().wait(0.01)
+        except OSError:
+            upstream_closed.set()
+
+    path, _ = upstream(script)
+    lease, timer = FakeLease(path), FakeTimer()
+    stream = _stream_for(path, lease, timer)
+    calls = []
+
+    def send(data: bytes) -> None:
+        calls.append(data)
+        if len(calls) == 3:
+            raise BrokenPipeError("the client went away")
+
+    with pytest.raises(BrokenPipeError):
+        stream.pass_through(b"H\r\n\r\n", send)
+    stream.close()
+    assert (lease.released, lease.crashes, timer.finished) == (1, 0, 1)
+    assert upstream_closed.wait(5), "the engine never saw the disconnect"
+
+
+def test_sequential_requests_share_one_kept_alive_engine_connection(upstream: Any) -> None:
+    """Answers read to their end leave the connection for the next request; one cut by the
+    client does not (the engine must see that disconnect)."""
+    connections: list[_Handler] = []  # a handler serves one connection, request after request
+    events = [b'data: {"n": 1}\n\n', b"data: [DONE]\n\n"]
+    script = _event_script(events)
+
+    def counting(h: _Handler) -> None:
+        if not any(h is seen_handler for seen_handler in connections):
+            connections.append(h)
+        script(h)
+
+    path, seen = upstream(counting)
+    lease, timer = FakeLease(path), FakeTimer()
+    for _ in range(3):
+        stream = _stream_for(path, lease, timer)
+        assert stream.pass_through(b"H\r\n\r\n", lambda data: None)
+    result = falcon.testing.TestClient(_app_for(lease, timer)).simulate_post(
+        "/engines/v1/chat/completions", body=b"{}"
+    )
+    assert result.text.count("data: ") == 2
+    assert len(seen) == 4 and len(connections) == 1
+    stream = _stream_for(path, lease, timer)
+    stream.close()  # the client went away before the body: that connection is cut
+    stream = _stream_for(path, lease, timer)
+    stream.close()
+    assert len(seen) == 6 and len(connections) == 2
+    assert lease.released == 6 and lease.crashes == 0
+
+
+def test_a_kept_alive_connection_the_engine_closed_is_replaced(upstream: Any) -> None:
+    """The engine closing an idle connection (its keep-alive timeout) costs nothing."""
+    payload = b"{}"
+
+    def script(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+        h.wfile.flush()
+        h.close_connection = True  # closes after answering, without saying so
+
+    path, seen = upstream(script)
+    lease, timer = FakeLease(path), FakeTimer()
+    for _ in range(3):
+        stream = _stream_for(path, lease, timer)
+        sent: list[bytes] = []
+        assert stream.pass_through(b"", sent.append)
+        assert b"".join(sent) == payload
+    assert len(seen) == 3 and lease.crashes == 0
+
+
+def test_a_stale_connection_is_retried_once_when_the_engine_cannot_have_read_it(
+    upstream: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the idle check misses the close (a race), the request is sent again on a new one."""
+    import orchestrator.runner_connections as runner_connections
+
+    monkeypatch.setattr(runner_connections, "_still_open", lambda sock: True)
+    payload = b"{}"
+
+    def script(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+        h.wfile.flush()
+        h.close_connection = True
+
+    path, seen = upstream(script)
+    lease, timer = FakeLease(path), FakeTimer()
+    for _ in range(3):
+        stream = _stream_for(path, lease, timer)
+        assert stream.pass_through(b"", lambda data: None)
+    assert len(seen) == 3 and lease.crashes == 0 and lease.released == 3

@@ -334,6 +334,8 @@ def test_learned_footprint_is_persisted_and_used_after_a_restart(
     config = Config(min_residency=0.0)
     first = make_scheduler(memory=MemoryPlanner.from_config(config, store.root))
     with first.acquire(models["a"], "completion") as lease:
+        # Measured off the request's path, right after the runner became ready.
+        assert wait_until(lambda: ps(first)[0]["memory"]["measured"] is not None, timeout=10)
         entry = ps(first)[0]["memory"]
         rss = entry["measured"]["rss"]
         assert rss > 1 * MiB and entry["admitted_with"]["source"] == "estimate"

@@ -354,3 +354,48 @@ def test_real_smollm2_config(smollm2_gguf: Path) -> None:
         64,
     )
     assert len(info.tensors) == 272
+
+
+def test_long_arrays_are_skipped_but_the_rest_is_read_the_same(odd: Path) -> None:
+    full = gguf.read_gguf(odd)
+    short = gguf.read_gguf(odd, max_array_elements=2)
+    # Everything after the skipped arrays (later keys, tensor infos) is where it was.
+    assert short.tensors == full.tensors and short.header_bytes == full.header_bytes
+    for key, value in full.metadata.items():
+        if isinstance(value, list) and len(value) > 2:
+            skipped = short.metadata[key]
+            assert isinstance(skipped, gguf.SkippedArray) and len(skipped) == len(value)
+        else:
+            assert short.metadata[key] == value
+    assert short.metadata["tokenizer.ggml.tokens"] == gguf.SkippedArray(gguf.ValueType.STRING, 32)
+    assert short.metadata["odd.nested"] == [[1, 2], [3]]  # two elements: decoded
+    assert gguf.read_gguf(odd, max_array_elements=0).metadata["odd.nested"] == gguf.SkippedArray(
+        gguf.ValueType.ARRAY, 2
+    )
+
+
+def test_skipped_strings_are_still_checked_against_the_file(tmp_path: Path) -> None:
+    strings = gguf_files.packed_string("ok") + struct.pack("<Q", 2**40)
+    body = gguf_files.packed_kv("a", ARRAY, struct.pack("<IQ", STRING, 2) + strings)
+    path = gguf_files.write_raw_header(tmp_path / "bad.gguf", tensor_count=0, kv_count=1, body=body)
+    with pytest.raises(InvalidModelFileError, match="metadata 'a' .* claims"):
+        gguf.read_gguf(path, max_array_elements=1)
+
+
+def test_skipping_crosses_the_read_buffer(tmp_path: Path) -> None:
+    # More than one 1 MiB read chunk of strings, then a key that must still be found.
+    words = [f"token-{i:06d}" for i in range(120_000)]
+    strings = b"".join(gguf_files.packed_string(word) for word in words)
+    body = gguf_files.packed_kv("v", ARRAY, struct.pack("<IQ", STRING, len(words)) + strings)
+    body += gguf_files.packed_kv("after", U32, struct.pack("<I", 7))
+    path = gguf_files.write_raw_header(tmp_path / "big.gguf", tensor_count=0, kv_count=2, body=body)
+    meta = gguf.read_gguf(path, max_array_elements=100).metadata
+    assert meta["v"] == gguf.SkippedArray(gguf.ValueType.STRING, 120_000) and meta["after"] == 7
+    assert gguf.read_gguf(path).metadata["v"] == words
+
+
+def test_real_smollm2_header_without_the_vocabulary(smollm2_gguf: Path) -> None:
+    info = gguf.read_gguf(smollm2_gguf, max_array_elements=4096)
+    assert len(info.metadata["tokenizer.ggml.tokens"]) == 49152
+    assert len(info.metadata["tokenizer.ggml.merges"]) == 48900
+    assert len(info.tensors) == 272 and info.block_count == 30

@@ -377,3 +377,47 @@ def test_the_users_gpu_layers_are_kept_even_when_they_do_not_fit(tmp_path: Path)
     plan = planner.plan(record, "completion")
     assert engine_options(plan.argv)["gpu_layers"] == "7"  # the guard then says it cannot fit
     assert "-ngl" in plan.argv and plan.argv[plan.argv.index("-ngl") + 1] == "999"
+
+
+def test_warm_reads_each_header_once_and_plans_then_reuse_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orchestrator.gguf as gguf_module
+
+    path = write_llama_model(tmp_path / "w.gguf")
+    reads: list[tuple[Path, int | None]] = []
+    real_read = gguf_module.read_gguf
+
+    def counting_read(p: Path, *, max_array_elements: int | None = None) -> object:
+        reads.append((Path(p), max_array_elements))
+        return real_read(p, max_array_elements=max_array_elements)
+
+    monkeypatch.setattr(gguf_module, "read_gguf", counting_read)
+    probed: list[int] = []
+    memory = MemoryPlanner(
+        guard=MemoryGuard(
+            ram_probe=lambda: RamReading(64 * GiB, 60 * GiB),
+            gpu_probe=lambda: probed.append(1) or [],
+        )
+    )
+    memory.warm([("sha256:w", path), ("sha256:w", path)])
+    assert probed == [1] and reads == [(path, 4096)]  # the vocabulary is not decoded
+    memory.plan("sha256:w", bundle_for(path), argv_for(bundle_for(path)), SOCKET)
+    assert len(reads) == 1 and probed == [1]
+
+
+def test_warm_reads_nothing_for_an_injected_estimator(tmp_path: Path) -> None:
+    def estimator(model_id: str, bundle: object, argv: object) -> MemoryEstimate:
+        raise AssertionError("warm must not estimate")
+
+    memory = MemoryPlanner(guard=guard(), estimator=estimator)  # type: ignore[arg-type]
+    memory.warm([("sha256:x", tmp_path / "missing.gguf")])
+
+
+def test_recent_models_are_ordered_by_their_latest_measurement(tmp_path: Path) -> None:
+    footprints = FootprintStore(tmp_path / "footprints.json")
+    for model_id in ("sha256:old", "sha256:new"):
+        footprints.record(model_id, "k", Footprint(rss_bytes=10 * MiB))
+    footprints.record("sha256:old", "k2", Footprint(rss_bytes=20 * MiB))
+    assert footprints.recent_models() == ["sha256:old", "sha256:new"]
+    assert FootprintStore(tmp_path / "none.json").recent_models() == []

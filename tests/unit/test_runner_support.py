@@ -14,6 +14,7 @@ import pytest
 from orchestrator import logfiles
 from orchestrator.errors import ConfigError
 from orchestrator.runners.process import describe_exit, explain_failure
+from orchestrator.runners.readiness import parse_status
 from orchestrator.runners.stats import RunnerStats
 from tests.support.metrics_text import exposition
 
@@ -140,3 +141,53 @@ def test_stats_counts_and_renders_prometheus() -> None:
     assert 'dmr_runner_stops_total{reason="crash"} 1.0\n' in text
     with pytest.raises(ValueError):
         stats.record_stop("bored")
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\n{}", 200),
+        (b"HTTP/1.1 503 Service Unavailable\r\n", 503),
+        (b"HTTP/1.0 404 Not Found\r\n", 404),
+        (b"HTTP/1.1 200", None),  # cut short
+        (b"", None),
+        (b"SSH-2.0-OpenSSH\r\n", None),
+        (b"HTTP/1.1 OK 200\r\n", None),
+    ],
+)
+def test_health_status_line(head: bytes, status: int | None) -> None:
+    assert parse_status(head) == status
+
+
+def test_health_probe_does_not_wait_for_a_close_the_engine_never_makes(tmp_path: Path) -> None:
+    """An engine that keeps the connection open after a Content-Length answer (ignoring
+    ``Connection: close``) is answered at once, not after the probe's timeout."""
+    import socket
+    import threading
+    import time
+
+    from orchestrator.runners.readiness import probe_health
+
+    path = str(tmp_path / "engine.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    release = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(b'HTTP/1.1 503 Service Unavailable\r\nContent-Length: 17\r\n\r\n{"status":"busy"}')
+        release.wait(10)
+        conn.close()
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        began = time.monotonic()
+        assert probe_health(path, timeout=5.0) == 503
+        assert time.monotonic() - began < 2.5
+    finally:
+        release.set()
+        server.join()
+        listener.close()
