@@ -219,5 +219,5 @@ def write_charts(summary: dict[str, Any], out_dir: Path, subtitle: str) -> list[
             f"7. Pull: daemon/(curl+sha256sum) {p['ratio_daemon_to_curl_sha256sum']:.2f}, "
             f"peak RSS {p['daemon_peak_rss_mib']:.0f} MiB",
         )
-    written += issue18_charts.write(plt, summary, out_dir, subtitle)
+    issue18_charts.write(plt, summary, save)
     return written

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from bench.report import COLORS
@@ -21,17 +20,9 @@ def _clean(value: Any) -> float:
     return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def write(plt: Any, summary: dict[str, Any], out_dir: Path, subtitle: str) -> list[str]:
-    """Write ``8-embeddings.png`` ... ``11-relay.png`` and ``issue18.png``; return the names."""
-    written: list[str] = []
-
-    def save(fig: Any, name: str, title: str) -> None:
-        fig.suptitle(f"{title}\n{subtitle}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
-
+def write(plt: Any, summary: dict[str, Any], save: Callable[[Any, str, str], None]) -> None:
+    """Draw ``8-embeddings.png`` ... ``11-relay.png`` and ``issue18.png`` with ``save``
+    (charts.py's: title, layout, file, the list of names written)."""
     for key, draw in (
         ("8_embeddings", _embeddings),
         ("9_bare_relay", _bare_relay),
@@ -43,7 +34,6 @@ def write(plt: Any, summary: dict[str, Any], out_dir: Path, subtitle: str) -> li
             draw(plt, section, save)
     if summary.get("issue18"):
         _issue(plt, summary["issue18"], save)
-    return written
 
 
 def _embeddings(plt: Any, emb: dict[str, Any], save: Callable[..., None]) -> None:

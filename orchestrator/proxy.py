@@ -389,15 +389,12 @@ class ProxyStream:
         events = self._is_sse
         data = b""
         pos = 0
-        first = True
+        read = self._first_read
         while True:
             # Only the engine's side is caught here: a failed send to the client propagates.
             try:
-                chunk = recv()
-                if first:
-                    first = False
-                    if self._timer is not None:
-                        self._timer.first_byte()
+                chunk = read()
+                read = recv
                 if not chunk:
                     raise IncompleteBody("the engine's body ended before its last chunk")
                 if keep is not None:
@@ -423,14 +420,11 @@ class ProxyStream:
         remaining = self._head.length or 0
         recv = self._conn.recv
         keep = self._recording.keep_payload if self._recording is not None else None
-        first = True
+        read = self._first_read
         while remaining > 0:
             try:
-                data = recv()
-                if first:
-                    first = False
-                    if self._timer is not None:
-                        self._timer.first_byte()
+                data = read()
+                read = recv
                 if not data:
                     raise IncompleteBody("the engine's body ended before its Content-Length")
             except OSError as ex:
@@ -449,6 +443,13 @@ class ProxyStream:
             send(head)
         self._complete = True
         return True
+
+    def _first_read(self) -> bytes:
+        """Read the body's first bytes and record the time to first byte."""
+        data = self._conn.recv()
+        if self._timer is not None:
+            self._timer.first_byte()
+        return data
 
     def _pass_failure(self, ex: OSError, head: bytes, send: Callable[[bytes], object]) -> bool:
         """Answer the client after the engine failed mid-body; whether its answer ended."""

@@ -115,6 +115,25 @@ def upstream() -> Iterator[
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _endless_events(upstream_closed: threading.Event) -> Callable[[_Handler], None]:
+    """An engine streaming 1,000 events 10 ms apart that sets ``upstream_closed`` when the
+    proxy cuts the connection."""
+
+    def script(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        try:
+            for index in range(1000):
+                h.chunk(b'data: {"n": %d}\n\n' % index)
+                threading.Event().wait(0.01)
+        except OSError:
+            upstream_closed.set()
+
+    return script
+
+
 def _app_for(
     lease: FakeLease, timer: FakeTimer, upstream_path: str = "/v1/chat/completions"
 ) -> falcon.App:
@@ -262,20 +281,7 @@ def test_unreachable_runner_is_a_502_before_streaming() -> None:
 def test_closing_mid_stream_releases_once_and_closes_upstream(upstream: Any) -> None:
     """Closing the body iterable (what gunicorn does on a failed write) ends the upstream."""
     upstream_closed = threading.Event()
-
-    def script(h: _Handler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "text/event-stream")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-        try:
-            for index in range(1000):
-                h.chunk(b'data: {"n": %d}\n\n' % index)
-                threading.Event().wait(0.01)
-        except OSError:
-            upstream_closed.set()
-
-    path, _ = upstream(script)
+    path, _ = upstream(_endless_events(upstream_closed))
     lease, timer = FakeLease(path), FakeTimer()
     app = _app_for(lease, timer)
     env = falcon.testing.create_environ(
@@ -457,20 +463,7 @@ def test_pass_through_of_a_json_answer_with_content_length(upstream: Any) -> Non
 
 def test_a_failed_send_to_the_client_cuts_the_engine_and_releases_once(upstream: Any) -> None:
     upstream_closed = threading.Event()
-
-    def script(h: _Handler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "text/event-stream")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-        try:
-            for index in range(1000):
-                h.chunk(b'data: {"n": %d}\n\n' % index)
-                threading.Event().wait(0.01)
-        except OSError:
-            upstream_closed.set()
-
-    path, _ = upstream(script)
+    path, _ = upstream(_endless_events(upstream_closed))
     lease, timer = FakeLease(path), FakeTimer()
     stream = _stream_for(path, lease, timer)
     calls = []
