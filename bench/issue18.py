@@ -112,17 +112,23 @@ def _relay(raw: dict[str, Any]) -> dict[str, Any]:
     table = {}
     for streams in levels:
         d, n, x = by[("daemon", streams)], by[("nginx", streams)], by[("direct", streams)]
+        # Runs from before the bare relay joined section 11 have no "bare" rows.
+        b = by.get(("bare", streams), {})
+        nginx_tps = n["tokens_per_second"]
         table[str(streams)] = {
             "direct_tps": x["tokens_per_second"],
-            "nginx_tps": n["tokens_per_second"],
+            "nginx_tps": nginx_tps,
             "daemon_tps": d["tokens_per_second"],
+            "bare_tps": b.get("tokens_per_second", math.nan),
             "daemon_errors": d["errors"],
             "nginx_errors": n["errors"],
-            "ratio_daemon_nginx": d["tokens_per_second"] / n["tokens_per_second"]
-            if n["tokens_per_second"]
+            "ratio_daemon_nginx": d["tokens_per_second"] / nginx_tps if nginx_tps else math.nan,
+            "ratio_bare_nginx": b.get("tokens_per_second", math.nan) / nginx_tps
+            if nginx_tps
             else math.nan,
             "daemon_cpu_ms_per_1k": d["relay_cpu_ms_per_1k_tokens"],
             "nginx_cpu_ms_per_1k": n["relay_cpu_ms_per_1k_tokens"],
+            "bare_cpu_ms_per_1k": b.get("relay_cpu_ms_per_1k_tokens"),
         }
     return {"levels": table, "seconds": data["seconds"], "tokens": data["tokens"]}
 
@@ -226,6 +232,8 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         level = relay["levels"]["64"]
         value = level["ratio_daemon_nginx"]
         detail = f"daemon {level['daemon_tps']:,.0f}, nginx {level['nginx_tps']:,.0f} tokens/s"
+        if not math.isnan(level.get("bare_tps", math.nan)):
+            detail += f"; bare Python relay {level['ratio_bare_nginx']:.3f} of nginx"
         add("relay capacity daemon/nginx, 64 streams", value, detail, ">= 0.8", value >= 0.8)
     return rows
 
@@ -294,9 +302,11 @@ def render(summary: dict[str, Any]) -> list[str]:
     elif relay:
         rows = [
             [streams, f"{v['direct_tps']:,.0f}", f"{v['nginx_tps']:,.0f}",
-             f"{v['daemon_tps']:,.0f}", _fmt(v["ratio_daemon_nginx"], 3),
+             f"{v.get('bare_tps', math.nan):,.0f}", f"{v['daemon_tps']:,.0f}",
+             _fmt(v["ratio_daemon_nginx"], 3), _fmt(v.get("ratio_bare_nginx", math.nan), 3),
              f"{v['nginx_errors']}/{v['daemon_errors']}",
              _fmt(v["nginx_cpu_ms_per_1k"] or math.nan, 1),
+             _fmt(v.get("bare_cpu_ms_per_1k") or math.nan, 1),
              _fmt(v["daemon_cpu_ms_per_1k"] or math.nan, 1)]
             for streams, v in relay["levels"].items()
         ]  # fmt: skip
@@ -308,10 +318,13 @@ def render(summary: dict[str, Any]) -> list[str]:
                     "streams",
                     "direct",
                     "nginx",
+                    "bare relay",
                     "daemon",
                     "daemon/nginx",
+                    "bare/nginx",
                     "errors n/d",
                     "nginx CPU ms/1k",
+                    "bare CPU ms/1k",
                     "daemon CPU ms/1k",
                 ],
                 rows,

@@ -97,13 +97,21 @@ def _fresh(plt: Any, fresh: dict[str, Any], save: Callable[..., None]) -> None:
 def _relay(plt: Any, relay: dict[str, Any], save: Callable[..., None]) -> None:
     levels = list(relay["levels"])
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, color in (("direct", COLORS["A"]), ("nginx", "#937860"), ("daemon", COLORS["B"])):
+    for name, color in (
+        ("direct", COLORS["A"]),
+        ("nginx", "#937860"),
+        ("bare", COLORS["D"]),
+        ("daemon", COLORS["B"]),
+    ):
+        values = [relay["levels"][level].get(f"{name}_tps", math.nan) for level in levels]
+        if all(math.isnan(value) for value in values):
+            continue  # a run from before the bare relay joined section 11
         ax.plot(
             levels,
-            [relay["levels"][level][f"{name}_tps"] for level in levels],
+            values,
             marker="o",
             color=color,
-            label=name,
+            label="bare Python relay" if name == "bare" else name,
         )
     ax.set_xlabel("concurrent streams (wrk connections)")
     ax.set_ylabel("relayed tokens/s (log scale: direct is often 10x the relays)")

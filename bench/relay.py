@@ -11,6 +11,9 @@ POST for ``--seconds`` at each stream count, in interleaved order:
 * **direct**: wrk to the synthetic engine on 127.0.0.1 (the ceiling of this machine);
 * **nginx**: Debian's nginx (``worker_processes auto``, ``proxy_buffering off``, HTTP/1.1
   keep-alive upstream) relaying to a synthetic engine on a Unix socket, as the daemon does;
+* **bare**: :mod:`bench.bare_relay` (the simplest Python relay: a thread per connection,
+  ``recv``/``sendall``, a new engine connection per answer) in front of the same engine socket:
+  what one Python process can relay at all on this machine, the yardstick for the daemon;
 * **daemon**: ``model-runner serve`` whose ``LLAMA_SERVER_PATH`` holds the synthetic engine as
   ``llama-server``: the scheduler starts it as a runner for ai/smollm2 and the proxy relays.
 
@@ -38,12 +41,12 @@ from pathlib import Path
 import psutil
 
 from bench.procs import BenchError, cpu_seconds, free_port, wait_http_ready
-from bench.targets import DAEMON_MODEL, Workspace, package_model, start_daemon
+from bench.targets import DAEMON_MODEL, Workspace, package_model, start_bare_relay, start_daemon
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE = REPO_ROOT / "bench" / "synthetic_engine.c"
 CHAT_PATHS = {"direct": "/v1/chat/completions", "nginx": "/v1/chat/completions",
-              "daemon": "/engines/v1/chat/completions"}  # fmt: skip
+              "bare": "/v1/chat/completions", "daemon": "/engines/v1/chat/completions"}  # fmt: skip
 
 
 @dataclass
@@ -120,8 +123,14 @@ _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 _SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 
 
-def run_wrk(url: str, streams: int, seconds: int, script: Path) -> tuple[int, float, int]:
-    """Return (answers, seconds, errors) of one wrk run."""
+def run_wrk(
+    url: str, streams: int, seconds: int, script: Path, *, closes_after_answer: bool = False
+) -> tuple[int, float, int]:
+    """Return (answers, seconds, errors) of one wrk run.
+
+    ``closes_after_answer``: the server closes every connection after its answer (the bare
+    relay), which wrk counts as a read error each time; those are not errors then.
+    """
     threads = min(2, streams)
     done = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{streams}", f"-d{seconds}s", "--timeout", "30s",
@@ -135,7 +144,8 @@ def run_wrk(url: str, streams: int, seconds: int, script: Path) -> tuple[int, fl
     elapsed = elapsed / 1000 if unit == "ms" else elapsed
     errors = int(m.group(1)) if (m := _NON_2XX.search(done.stdout)) else 0
     if m := _SOCKET_ERRORS.search(done.stdout):
-        errors += sum(int(value) for value in m.groups())
+        connect, read, write, timeout = (int(value) for value in m.groups())
+        errors += connect + write + timeout + (0 if closes_after_answer else read)
     return answers, elapsed, errors
 
 
@@ -182,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(ws: Workspace, levels: list[int], *, seconds: int, tokens: int) -> list[Row]:
-    """Load direct, nginx and the daemon with wrk at each stream count, in rotating order.
+    """Load direct, nginx, the bare relay and the daemon with wrk at each stream count, in
+    rotating order.
 
     ``ws.engine`` is the synthetic engine; every process started goes to ``ws.procs`` (the
     caller stops them).
@@ -202,6 +213,7 @@ def measure(ws: Workspace, levels: list[int], *, seconds: int, tokens: int) -> l
          "-c", str(nginx_config(nginx_base, nginx_port, sock))],
         log_path=nginx_base / "nginx.log",
     )  # fmt: skip
+    bare, bare_address = start_bare_relay(ws, str(sock))
     models = ws.scratch / "store" / "models"
     package_model(ws, models)
     daemon = start_daemon(ws, "daemon", models)
@@ -210,6 +222,7 @@ def measure(ws: Workspace, levels: list[int], *, seconds: int, tokens: int) -> l
     urls = {
         "direct": f"http://127.0.0.1:{direct_port}{CHAT_PATHS['direct']}",
         "nginx": f"http://127.0.0.1:{nginx_port}{CHAT_PATHS['nginx']}",
+        "bare": f"http://{bare_address}{CHAT_PATHS['bare']}",
         "daemon": f"http://{daemon.address}{CHAT_PATHS['daemon']}",
     }
     script = wrk_script(ws.scratch, tokens)
@@ -220,15 +233,19 @@ def measure(ws: Workspace, levels: list[int], *, seconds: int, tokens: int) -> l
             return [nginx.pid, *(child.pid for child in psutil.Process(nginx.pid).children())]
         if name == "daemon":
             return [daemon.proc.pid, *(p for p in [daemon.worker_pid()] if p)]
+        if name == "bare":
+            return [bare.pid]
         return []
 
     rows: list[Row] = []
-    order = ["direct", "nginx", "daemon"]
+    order = ["direct", "nginx", "bare", "daemon"]
     for index, streams in enumerate(levels):
-        for name in order[index % 3 :] + order[: index % 3]:
+        for name in order[index % len(order) :] + order[: index % len(order)]:
             pids = relay_pids(name)
             before = sum(cpu_seconds(pid) for pid in pids)
-            answers, elapsed, errors = run_wrk(urls[name], streams, seconds, script)
+            answers, elapsed, errors = run_wrk(
+                urls[name], streams, seconds, script, closes_after_answer=name == "bare"
+            )
             used = sum(cpu_seconds(pid) for pid in pids) - before
             relayed = answers * tokens
             rows.append(Row(
@@ -248,12 +265,14 @@ def _print(rows: list[Row]) -> None:
         print(f"| {row.streams} | {row.path} | {row.tokens_per_second:,.0f} | "
               f"{row.answers_per_second:,.1f} | {row.errors} | {cpu} |")  # fmt: skip
     print()
-    print("| streams | daemon / nginx tokens/s | nginx / direct |")
-    print("|---|---|---|")
+    print("| streams | daemon / nginx tokens/s | bare relay / nginx | nginx / direct |")
+    print("|---|---|---|---|")
     by = {(r.path, r.streams): r for r in rows}
     for streams in sorted({r.streams for r in rows}):
         d, n, x = by[("daemon", streams)], by[("nginx", streams)], by[("direct", streams)]
+        b = by[("bare", streams)]
         print(f"| {streams} | {d.tokens_per_second / n.tokens_per_second:.3f} | "
+              f"{b.tokens_per_second / n.tokens_per_second:.3f} | "
               f"{n.tokens_per_second / x.tokens_per_second:.3f} |")  # fmt: skip
 
 

@@ -36,6 +36,12 @@ def read_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
         # body; Falcon's bounded_stream would read nothing.
         stream = req.bounded_stream if length is not None else req.stream
         data = stream.read(limit + 1)
+    except (TimeoutError, BlockingIOError) as ex:
+        # BlockingIOError: the socket's kernel timeout (SO_RCVTIMEO) expired.
+        raise InvalidRequestError(
+            "the client sent no part of the request body for the server's client timeout "
+            "(DMR_CLIENT_TIMEOUT); send the body without pausing"
+        ) from ex
     except (OSError, ValueError) as ex:
         raise InvalidRequestError(f"the request body could not be read: {ex}") from ex
     if len(data) > limit:

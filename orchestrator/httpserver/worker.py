@@ -24,7 +24,8 @@ The model here, one worker process as before (it owns every runner):
 * **In a thread**, gunicorn's own parser reads the request again from the buffered bytes (all of
   its validation applies) and the WSGI app runs as under gthread. Large or chunked bodies are read
   in the thread with ``client_timeout`` per read; writes to a client that stops reading time out
-  the same way. A request gunicorn cannot parse gets a 4xx in the API's one JSON error shape.
+  the same way (``SO_RCVTIMEO``/``SO_SNDTIMEO`` set at accept; TLS sockets: Python's timeout).
+  A request gunicorn cannot parse gets a 4xx in the API's one JSON error shape.
 
 Pipelined bytes left after a request go back to the loop with the connection. gunicorn's
 :class:`~gunicorn.workers.base.Worker` API used here (``init_process``, ``notify``, ``alive``,
@@ -56,6 +57,7 @@ from gunicorn.workers import base
 from orchestrator.api.error_handlers import error_body
 from orchestrator.httpserver.head import HeadTooLarge, RequestHead, scan_head
 from orchestrator.httpserver.lanes import Lane, lane_for
+from orchestrator.runner_connections import set_kernel_timeouts
 
 # A body up to this size is read by the loop before dispatch (JSON requests: chats, configure),
 # so a thread never waits on a slow sender of a small body.
@@ -148,10 +150,12 @@ class LaneWorker(base.Worker):  # type: ignore[misc]
         self._set_accepting(True)
         next_sweep = 0.0
         while self.alive:
-            self.notify()
             self._wait_and_dispatch(timeout=0.5)
             now = time.monotonic()
             if now >= next_sweep:
+                # The heartbeat is a utime() system call: once per sweep, not per wake-up
+                # (a small request wakes the loop three times; issue 18).
+                self.notify()
                 self._close_expired(now)
                 next_sweep = now + 0.25
             if self.ppid != os.getppid():
@@ -250,6 +254,12 @@ class LaneWorker(base.Worker):  # type: ignore[misc]
                     sock, server_side=True, do_handshake_on_connect=False
                 )
                 phase = _Phase.HANDSHAKE
+            else:
+                # Kernel timeouts, not Python's: a socket with a Python timeout polls before
+                # every recv and send, one more system call per streamed token (issue 18).
+                # They bound the lane threads' blocking reads and writes; the loop's
+                # non-blocking ones ignore them.
+                set_kernel_timeouts(sock, self.limits.client_timeout)
             sock.setblocking(False)
             conn = _Connection(
                 sock, client, server, phase, time.monotonic() + self.limits.header_timeout
@@ -379,8 +389,10 @@ class LaneWorker(base.Worker):  # type: ignore[misc]
         """Serve one request; return whether the connection may carry another."""
         req = None
         try:
-            conn.sock.setblocking(True)
-            conn.sock.settimeout(self.limits.client_timeout)
+            if isinstance(conn.sock, ssl.SSLSocket):
+                conn.sock.settimeout(self.limits.client_timeout)
+            else:
+                conn.sock.setblocking(True)  # bounded by the kernel timeouts set at accept
             parser = http.RequestParser(self.cfg, conn.sock, conn.client)
             parser.unreader.unread(bytes(conn.buffer))
             conn.buffer = bytearray()
@@ -394,8 +406,9 @@ class LaneWorker(base.Worker):  # type: ignore[misc]
         except ssl.SSLError as ex:
             self.log.debug("TLS error client=%s error=%s", conn.client, ex)
         except OSError as ex:
-            # Resets, broken pipes and client timeouts are the client's business.
-            if ex.errno not in (None, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+            # Resets, broken pipes and client timeouts (EAGAIN: a kernel timeout expired)
+            # are the client's business.
+            if ex.errno not in (None, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EAGAIN):
                 self.log.exception("socket error while serving a request")
         except Exception:
             self.log.exception("error while serving a request")

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from orchestrator.errors import (
     ConflictError,
@@ -55,6 +55,16 @@ log = logging.getLogger(__name__)
 _STORE_ENTRIES = frozenset({"layout.json", "models.json", "blobs", "manifests", "bundles", ".lock"})
 
 
+class _Parsed(NamedTuple):
+    """A model's manifest and config as parsed, and the two files whose presence is checked."""
+
+    raw: bytes
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    manifest_file: str
+    config_file: str
+
+
 class Store:
     """The local model store at ``root`` (``MODELS_PATH``).
 
@@ -81,13 +91,14 @@ class Store:
         # (the ID is the manifest's digest, the config is named by its digest), so an entry can
         # never go stale; it only has to be dropped when the model leaves the index. Without it,
         # GET /models re-parses every manifest and config on every request.
-        self._parsed: dict[str, tuple[bytes, dict[str, Any], dict[str, Any]]] = {}
+        self._parsed: dict[str, _Parsed] = {}
         # PERF: the index as last read, with the stat of models.json it was read at. Every
         # inference request resolves its model; re-reading and parsing the file each time cost
         # about 7 % of the worker's CPU per streamed answer (bench/relay.py, 64 streams: 23.8 ->
         # 21.7 ms per 1,000 tokens). Writers (this process or the CLI's) replace the file
         # atomically, so a changed file always has a new inode, size or timestamp.
         self._index_cache: tuple[tuple[int, ...], tuple[IndexEntry, ...]] | None = None
+        self._index_file = str(self.layout.index_file)
         self._initialize()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -254,9 +265,9 @@ class Store:
         The stat comes before the read, so a file replaced in between is read new and cached
         under the old stat, which only costs one more read next time; it is never stale.
         """
-        path = self.layout.index_file
+        path = self._index_file
         try:
-            st = path.stat()
+            st = os.stat(path)
         except FileNotFoundError:
             return []
         except OSError:
@@ -264,22 +275,29 @@ class Store:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         cached = self._index_cache
         if cached is None or cached[0] != key:
-            cached = (key, tuple(index.read_index(path)))
+            cached = (key, tuple(index.read_index(Path(path))))
             self._index_cache = cached
         return list(cached[1])
 
     def _record(self, entry: IndexEntry) -> ModelRecord:
         cached = self._parsed.get(entry.id)
         # A file removed behind our back (by hand, or a crash mid-delete) must still show as
-        # damaged: two stat calls keep that promise at a fraction of a parse's cost.
+        # damaged: two stat calls keep that promise at a fraction of a parse's cost (the paths
+        # are kept as text: building them was most of a lookup's cost, issue 18).
         if cached is None or not (
-            self.layout.manifest_path(entry.id).is_file()
-            and self.blob_path(cached[1]["config"]["digest"]).is_file()
+            os.path.isfile(cached.manifest_file) and os.path.isfile(cached.config_file)
         ):
             self._parsed.pop(entry.id, None)
-            cached = self._parse(entry.id)
+            raw, manifest, config = self._parse(entry.id)
+            cached = _Parsed(
+                raw,
+                manifest,
+                config,
+                str(self.layout.manifest_path(entry.id)),
+                str(self.blob_path(manifest["config"]["digest"])),
+            )
             self._parsed[entry.id] = cached
-        raw, manifest, config = cached
+        raw, manifest, config = cached.raw, cached.manifest, cached.config
         return ModelRecord(
             id=entry.id,
             tags=tuple(entry.tags),

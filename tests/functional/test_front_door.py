@@ -194,6 +194,27 @@ def test_a_slow_body_holds_no_thread_and_is_cut(front_daemon: Daemon) -> None:
             sock.close()
 
 
+def test_a_body_that_stalls_in_a_thread_is_cut_at_the_client_timeout(
+    daemon_factory: Callable[..., Daemon],
+) -> None:
+    # A chunked body is read in a lane thread, bounded by the kernel's SO_RCVTIMEO: the client
+    # gets a 400 that names the setting, the thread is freed and nothing is logged as a fault.
+    daemon = daemon_factory(DMR_CLIENT_TIMEOUT="2")
+    with _connect(daemon) as sock:
+        sock.sendall(
+            b"POST /engines/_configure HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"
+        )
+        started = time.monotonic()
+        answer = _read_all(sock)
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"DMR_CLIENT_TIMEOUT" in answer
+    assert 1.5 < elapsed < 8.0, elapsed
+    assert daemon.get("/models", timeout=10).status_code == 200
+    assert "socket error" not in daemon.output()
+
+
 def test_streams_do_not_starve_management(front_daemon: Daemon) -> None:
     requests.post(  # load the model first: the streams then all reach the engine
         front_daemon.url("/engines/v1/chat/completions"),
