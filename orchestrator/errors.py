@@ -63,6 +63,14 @@ class InvalidRequestError(OrchestratorError):
     code = "invalid_request"
 
 
+class ClientTimeoutError(OrchestratorError):
+    """The client stopped sending its request (a body read in a thread) for the client timeout."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class InvalidReferenceError(InvalidRequestError):
     """A model reference is not a valid name, tag, digest or ID."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import falcon
 
-from orchestrator.errors import InvalidRequestError, RequestTooLargeError
+from orchestrator.errors import ClientTimeoutError, InvalidRequestError, RequestTooLargeError
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 _TRUE = frozenset({"", "1", "t", "true", "yes", "y", "on"})
@@ -24,7 +24,8 @@ def read_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
     Raises:
         RequestTooLargeError: Content-Length or the bytes read exceed ``limit``.
-        InvalidRequestError: The client stopped sending mid-body.
+        ClientTimeoutError: The client sent nothing for the client timeout mid-body.
+        InvalidRequestError: The client ended the body early or sent broken chunking.
     """
     length = req.content_length
     if length is not None and length > limit:
@@ -38,7 +39,7 @@ def read_body(req: falcon.Request, limit: int = MAX_BODY_BYTES) -> bytes:
         data = stream.read(limit + 1)
     except (TimeoutError, BlockingIOError) as ex:
         # BlockingIOError: the socket's kernel timeout (SO_RCVTIMEO) expired.
-        raise InvalidRequestError(
+        raise ClientTimeoutError(
             "the client sent no part of the request body for the server's client timeout "
             "(DMR_CLIENT_TIMEOUT); send the body without pausing"
         ) from ex

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Protocol, cast
 
 from orchestrator.atomicfile import TEMP_MARK
 from orchestrator.errors import (
+    ClientTimeoutError,
     InvalidRequestError,
     OrchestratorError,
     RequestTooLargeError,
@@ -359,6 +360,12 @@ def _read_archive(
     except (tarfile.TarError, EOFError) as ex:
         raise InvalidRequestError(
             f"the upload is not a complete tar archive ({ex}); send the whole model archive"
+        ) from ex
+    except (TimeoutError, BlockingIOError) as ex:
+        # Only a client socket times out here (BlockingIOError: its kernel SO_RCVTIMEO).
+        raise ClientTimeoutError(
+            "the client sent no part of the model archive for the server's client timeout "
+            "(DMR_CLIENT_TIMEOUT); send the archive without pausing"
         ) from ex
     except OSError as ex:
         raise StoreError(f"reading the model archive failed: {ex.strerror or ex}") from ex

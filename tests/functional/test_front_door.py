@@ -27,6 +27,8 @@ from tests.support.daemon_fixtures import MODEL, Daemon
 pytestmark = pytest.mark.llama_server
 
 HEADER_TIMEOUT = 3.0
+# DMR_CLIENT_TIMEOUT of the daemon whose body reads are cut.
+CLIENT_TIMEOUT = 2.0
 SLOW_CLIENTS = 130
 STREAMS = 64
 # A management request must answer within this under attack (it never answered on gthread).
@@ -194,25 +196,35 @@ def test_a_slow_body_holds_no_thread_and_is_cut(front_daemon: Daemon) -> None:
             sock.close()
 
 
+@pytest.fixture(scope="module")
+def impatient_daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
+    return daemon_factory(DMR_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT))
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/engines/_configure", "/models/load"],
+    ids=["json-body", "model-archive"],
+)
 def test_a_body_that_stalls_in_a_thread_is_cut_at_the_client_timeout(
-    daemon_factory: Callable[..., Daemon],
+    impatient_daemon: Daemon, path: str
 ) -> None:
     # A chunked body is read in a lane thread, bounded by the kernel's SO_RCVTIMEO: the client
-    # gets a 400 that names the setting, the thread is freed and nothing is logged as a fault.
-    daemon = daemon_factory(DMR_CLIENT_TIMEOUT="2")
-    with _connect(daemon) as sock:
+    # gets a 408 that names the setting, the thread is freed and nothing is logged as a fault.
+    with _connect(impatient_daemon) as sock:
         sock.sendall(
-            b"POST /engines/_configure HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+            + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"
         )
         started = time.monotonic()
         answer = _read_all(sock)
         elapsed = time.monotonic() - started
-    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"code": "request_timeout"' in answer
     assert b"DMR_CLIENT_TIMEOUT" in answer
-    assert 1.5 < elapsed < 8.0, elapsed
-    assert daemon.get("/models", timeout=10).status_code == 200
-    assert "socket error" not in daemon.output()
+    assert CLIENT_TIMEOUT - 0.5 < elapsed < 3 * CLIENT_TIMEOUT + 2.0, elapsed
+    assert impatient_daemon.get("/models", timeout=10).status_code == 200
+    assert "socket error" not in impatient_daemon.output()
 
 
 def test_streams_do_not_starve_management(front_daemon: Daemon) -> None:
