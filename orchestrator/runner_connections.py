@@ -23,11 +23,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import socket
-import struct
 import threading
 import time
 
-from orchestrator.unixhttp import connect_unix_socket
+from orchestrator.unixhttp import connect_unix_socket, set_kernel_timeouts
 
 IDLE_PER_RUNNER = 2
 IDLE_SECONDS = 2.0
@@ -188,20 +187,6 @@ def nothing_received(ex: BaseException) -> bool:
     if isinstance(ex, BrokenPipeError):
         return True
     return isinstance(ex, ConnectionResetError) and ex.errno in (None, errno.ECONNRESET)
-
-
-def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
-    """Bound every later ``recv``/``send`` on blocking ``sock`` by ``seconds``.
-
-    On a socket with a Python timeout every ``recv`` is preceded by a ``poll``; kernel timeouts
-    keep the bound and save that system call per streamed token. An expired ``recv`` raises
-    ``BlockingIOError``.
-    """
-    sock.settimeout(None)
-    whole = int(seconds)
-    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def connect(address: str, connect_timeout: float, io_timeout: float) -> socket.socket:

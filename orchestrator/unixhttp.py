@@ -36,11 +36,15 @@ def connect_unix_socket(path: str, timeout: float | None) -> socket.socket:
     return sock
 
 
-def _set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
-    # NOTE(api): on a socket with a Python timeout every recv() is preceded by a poll(); a
-    # blocking socket with SO_RCVTIMEO keeps the bound and saves that system call on every
-    # streamed token. A timed-out recv() then raises BlockingIOError (or, inside http.client's
-    # reader, ends as a short read) instead of TimeoutError: see proxy.timed_out().
+def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Make ``sock`` blocking, with every later ``recv``/``send`` bounded by ``seconds``.
+
+    On a socket with a Python timeout every ``recv`` and ``send`` is preceded by a ``poll``;
+    kernel timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``) keep the bound and save that system call
+    on every streamed token. An expired call raises ``BlockingIOError`` (inside http.client's
+    reader it ends as a short read) instead of ``TimeoutError``: see ``proxy.timed_out()``.
+    Runner connections and the front door's client sockets both use it.
+    """
     sock.settimeout(None)
     whole = int(seconds)
     timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
@@ -76,7 +80,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         sock = connect_unix_socket(self.socket_path, self.timeout)
         if self.io_timeout is not None:
             try:
-                _set_kernel_timeouts(sock, self.io_timeout)
+                set_kernel_timeouts(sock, self.io_timeout)
             except BaseException:
                 sock.close()
                 raise

@@ -57,7 +57,7 @@ from gunicorn.workers import base
 from orchestrator.api.error_handlers import error_body
 from orchestrator.httpserver.head import HeadTooLarge, RequestHead, scan_head
 from orchestrator.httpserver.lanes import Lane, lane_for
-from orchestrator.runner_connections import set_kernel_timeouts
+from orchestrator.unixhttp import set_kernel_timeouts
 
 # A body up to this size is read by the loop before dispatch (JSON requests: chats, configure),
 # so a thread never waits on a slow sender of a small body.
@@ -430,6 +430,7 @@ class LaneWorker(base.Worker):  # type: ignore[misc]
                 environ["HTTPS"] = "on"
             if not self.alive or not self.cfg.keepalive:
                 resp.force_close()
+            environ["wsgi.input"] = _ClosingInput(environ["wsgi.input"], resp.force_close)
             respiter = self.wsgi(environ, resp.start_response)
             try:
                 # A passed-through body carries its own last chunk: no resp.close() then.
@@ -455,13 +456,22 @@ class LaneWorker(base.Worker):  # type: ignore[misc]
                 self.cfg.post_request(self, req, environ, resp)
 
     def _keep_leftovers(self, req: Any, parser: Any, conn: _Connection) -> bool:
-        """Drain what the app left of the body; keep pipelined bytes for the next request."""
+        """Drain what the app left of the body; keep pipelined bytes for the next request.
+
+        The drain never waits: the answer is out, so only bytes already here are read, and a
+        body still on its way closes the connection. (A client that stalled its body until the
+        app answered 408 would otherwise hold the thread for another ``client_timeout``.)
+        """
         drained = 0
         if req.body is not None:
-            while chunk := req.body.read(8192):
-                drained += len(chunk)
-                if drained > DRAIN_BYTES:
-                    return False
+            conn.sock.setblocking(False)
+            try:
+                while chunk := req.body.read(8192):
+                    drained += len(chunk)
+                    if drained > DRAIN_BYTES:
+                        return False
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return False
         unreader = parser.unreader
         take = getattr(unreader, "take_buffered", None)
         if callable(take):
@@ -474,6 +484,44 @@ class LaneWorker(base.Worker):  # type: ignore[misc]
     def _write_error(self, conn: _Connection, status: int, message: str) -> None:
         with contextlib.suppress(OSError, ssl.SSLError):
             conn.sock.sendall(_error_response(status, message))
+
+
+class _ClosingInput:
+    """``wsgi.input`` that closes the connection after the answer if reading the body failed.
+
+    Why: after a failed read (the client stalled past ``client_timeout``, broke the chunking or
+    hung up) the rest of the body may still arrive, and gunicorn's reader then reports the body
+    as ended; keeping the connection would read those bytes as the next request.
+    """
+
+    def __init__(self, body: Any, force_close: Callable[[], None]) -> None:
+        self._body = body
+        self._force_close = force_close
+
+    def _guarded(self, read: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return read(*args)
+        except Exception:
+            self._force_close()
+            raise
+
+    def read(self, *args: Any) -> bytes:
+        return cast(bytes, self._guarded(self._body.read, *args))
+
+    def readline(self, *args: Any) -> bytes:
+        return cast(bytes, self._guarded(self._body.readline, *args))
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        return cast("list[bytes]", self._guarded(self._body.readlines, *args))
+
+    def __iter__(self) -> _ClosingInput:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
 
 
 class PassThrough(Protocol):

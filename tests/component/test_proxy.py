@@ -379,6 +379,22 @@ def _stream_for(path: str, lease: FakeLease, timer: FakeTimer, body: bytes = b"{
     return resp.stream
 
 
+def _json_script(payload: bytes, *, close_after: bool = False) -> Callable[[_Handler], None]:
+    """An engine answering ``payload`` as JSON with Content-Length; ``close_after``: it then
+    closes the connection without saying so (its keep-alive timeout)."""
+
+    def script(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+        h.wfile.flush()
+        h.close_connection = close_after
+
+    return script
+
+
 def _event_script(events: list[bytes], die: bool = False) -> Callable[[_Handler], None]:
     def script(h: _Handler) -> None:
         h.send_response(200)
@@ -442,15 +458,7 @@ def test_pass_through_after_a_death_sends_whole_events_then_one_error_event(
 
 def test_pass_through_of_a_json_answer_with_content_length(upstream: Any) -> None:
     payload = b'{"data": [{"embedding": [0.5]}]}'
-
-    def script(h: _Handler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
-
-    path, _ = upstream(script)
+    path, _ = upstream(_json_script(payload))
     lease, timer = FakeLease(path), FakeTimer()
     stream = _stream_for(path, lease, timer)
     assert not stream.can_pass_through(False, len(payload) + 1)
@@ -513,17 +521,7 @@ def test_sequential_requests_share_one_kept_alive_engine_connection(upstream: An
 def test_a_kept_alive_connection_the_engine_closed_is_replaced(upstream: Any) -> None:
     """The engine closing an idle connection (its keep-alive timeout) costs nothing."""
     payload = b"{}"
-
-    def script(h: _Handler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
-        h.wfile.flush()
-        h.close_connection = True  # closes after answering, without saying so
-
-    path, seen = upstream(script)
+    path, seen = upstream(_json_script(payload, close_after=True))
     lease, timer = FakeLease(path), FakeTimer()
     for _ in range(3):
         stream = _stream_for(path, lease, timer)
@@ -540,18 +538,7 @@ def test_a_stale_connection_is_retried_once_when_the_engine_cannot_have_read_it(
     import orchestrator.runner_connections as runner_connections
 
     monkeypatch.setattr(runner_connections, "_still_open", lambda sock: True)
-    payload = b"{}"
-
-    def script(h: _Handler) -> None:
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
-        h.wfile.flush()
-        h.close_connection = True
-
-    path, seen = upstream(script)
+    path, seen = upstream(_json_script(b"{}", close_after=True))
     lease, timer = FakeLease(path), FakeTimer()
     for _ in range(3):
         stream = _stream_for(path, lease, timer)

@@ -222,7 +222,8 @@ def test_a_body_that_stalls_in_a_thread_is_cut_at_the_client_timeout(
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert b'"code": "request_timeout"' in answer
     assert b"DMR_CLIENT_TIMEOUT" in answer
-    assert CLIENT_TIMEOUT - 0.5 < elapsed < 3 * CLIENT_TIMEOUT + 2.0, elapsed
+    # Closed right after the 408: no second client timeout spent draining the stalled body.
+    assert CLIENT_TIMEOUT - 0.5 < elapsed < CLIENT_TIMEOUT + 1.5, elapsed
     assert impatient_daemon.get("/models", timeout=10).status_code == 200
     assert "socket error" not in impatient_daemon.output()
 
