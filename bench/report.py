@@ -57,7 +57,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         gen["ratio_C_A"] = _ratio(gen["C"]["median_tps"], gen["A"]["median_tps"])
         # Paired by round: each round's B (or C) mean over the same round's A mean, then the
         # median over rounds; drift between rounds cancels out.
-        for key in ("B", "C"):
+        for key in [k for k in ("B", "C", "D") if k in single]:
             pairs = zip(
                 single[key]["round_mean_tps"], single["A"]["round_mean_tps"], strict=True
             )
@@ -118,7 +118,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
                     "ttft_p99_ms": percentile(entry["ttft_s"], 99) * 1e3,
                     "ttft_median_ms": median(entry["ttft_s"]) * 1e3,
                 }
-            for other in ("B", "C"):
+            for other in [k for k in ("B", "C", "D") if k in conc]:
                 pairs = zip(
                     conc[other][level]["aggregate_tps"],
                     conc["A"][level]["aggregate_tps"],

@@ -14,6 +14,7 @@ import signal
 import socketserver
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -23,6 +24,7 @@ import falcon
 import falcon.testing
 import pytest
 
+from orchestrator.chunked import scan_chunks
 from orchestrator.errors import RunnerCrashedError
 from orchestrator.proxy import forward
 from tests.support.api_app import ApiHarness, build_harness
@@ -428,6 +430,73 @@ def test_pass_through_sends_the_engine_framing_unchanged_with_the_head(upstream:
     assert sent[0].startswith(b"HEAD\r\n\r\n") and len(sent[0]) > len(b"HEAD\r\n\r\n")
     stream.close()
     assert (lease.released, lease.crashes, timer.first, timer.finished) == (1, 0, 1, 1)
+
+
+def _framed(payload: bytes, size: bytes | None = None) -> bytes:
+    return (size or b"%x" % len(payload)) + b"\r\n" + payload + b"\r\n"
+
+
+_E1, _E2 = b'data: {"n": 1000}\n\n', b'data: {"n": 2000}\n\n'
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        # One event per chunk, each its own write: the common case, passed on read by read.
+        [_framed(_E1), _framed(_E2)],
+        # An event over two chunks, then a size line in capitals.
+        [_framed(b"data: "), _framed(b"{}\n\n"), _framed(_E1, b"%X" % len(_E1))],
+        # A chunk extension; a size line split over two writes.
+        [_framed(_E1, b"%x;x=1" % len(_E1)), b"1", _framed(_E2)[1:]],
+        # A zero-padded size line; the last chunk glued to an event.
+        [_framed(_E1, b"0%x" % len(_E1)), _framed(_E2) + b"0\r\n\r\n"],
+        # A read that ends like a whole event chunk but is the start of a longer chunk.
+        [_framed(b"data: a\n\n\r\nb\n\n")[:-5], _framed(b"data: a\n\n\r\nb\n\n")[-5:]],
+    ],
+    ids=[
+        "one-event-per-chunk",
+        "event-over-two-chunks",
+        "extension-and-split-size",
+        "zero-pad",
+        "lookalike-end",
+    ],
+)
+def test_pass_through_is_byte_exact_whatever_the_engine_framing(
+    upstream: Any, pieces: list[bytes]
+) -> None:
+    """Whole chunks go out as read, others after the walk: either way the bytes are the engine's
+    and the answer ends once, at the last chunk."""
+
+    def script(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        h.wfile.flush()
+        for piece in pieces:
+            h.wfile.write(piece)
+            h.wfile.flush()
+            time.sleep(0.02)  # separate reads on the proxy's side
+        if not pieces[-1].endswith(b"0\r\n\r\n"):
+            h.wfile.write(b"0\r\n\r\n")
+            h.wfile.flush()
+
+    path, _ = upstream(script)
+    lease, timer = FakeLease(path), FakeTimer()
+    stream = _stream_for(path, lease, timer)
+    sent: list[bytes] = []
+    assert stream.pass_through(b"H\r\n\r\n", sent.append) is True
+    body = b"".join(pieces)
+    if not body.endswith(b"0\r\n\r\n"):
+        body += b"0\r\n\r\n"
+    assert b"".join(sent) == b"H\r\n\r\n" + body
+    # No send ever splits a chunk or an event: each is whole chunks, ending an event or the body.
+    sent[0] = sent[0].removeprefix(b"H\r\n\r\n")
+    for piece in sent:
+        cut, _, ended = scan_chunks(piece, 0, True, None)
+        assert cut == len(piece), piece
+    stream.close()
+    assert (lease.released, lease.crashes, timer.finished) == (1, 0, 1)
 
 
 def test_pass_through_after_a_death_sends_whole_events_then_one_error_event(
