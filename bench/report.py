@@ -55,7 +55,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         }
         gen["ratio_B_A"] = _ratio(gen["B"]["median_tps"], gen["A"]["median_tps"])
         gen["ratio_C_A"] = _ratio(gen["C"]["median_tps"], gen["A"]["median_tps"])
-        # Paired by round: each round's B (or C) mean over the same round's A mean, then the
+        # Paired by round: each round's B (C, D) mean over the same round's A mean, then the
         # median over rounds; drift between rounds cancels out.
         for key in [k for k in ("B", "C", "D") if k in single]:
             pairs = zip(

@@ -13,8 +13,8 @@ This is the hot path. The front door (:mod:`orchestrator.httpserver.worker`) ask
 :meth:`~ProxyStream.pass_through`: per ``recv`` from the engine one ``send`` to the client, the
 engine's chunked framing kept as it is. A read that is exactly one whole chunk goes out as it is;
 others after a walk over the chunk-size lines (:func:`~orchestrator.chunked.scan_chunks`). No
-logging, no clock reads, no locks per chunk. Iterating the
-stream (payloads, de-chunked) remains for the code that needs them.
+logging, no clock reads, no locks per chunk. Iterating the stream (payloads, de-chunked) remains
+for the code that needs them.
 """
 
 from __future__ import annotations
